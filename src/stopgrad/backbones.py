@@ -1,0 +1,57 @@
+"""Backbones: a small CNN for CPUs, a CIFAR ResNet-18 and a torchvision ResNet-50.
+
+Every backbone maps (N, C, H, W) images to (N, F) features and has ``feature_dim``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models
+
+BACKBONES = ("small-cnn", "resnet18-cifar", "resnet50")
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class SmallCNN(nn.Sequential):
+    """Four 3x3 conv-BN-ReLU blocks (widths w, 2w, 4w, 8w), global average pool.
+
+    The first block has stride 2: on 28x28 images a full-resolution first layer costs a third of
+    the step time for no measurable kNN gain (benchmarks/throughput.py).
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32):
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        layers = _conv_bn_relu(in_channels, widths[0], stride=2)
+        for c_in, c_out, stride in zip(widths[:-1], widths[1:], (1, 2, 2)):
+            layers += _conv_bn_relu(c_in, c_out, stride)
+        super().__init__(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.feature_dim = widths[-1]
+
+
+def _torchvision_resnet(name: str, in_channels: int, cifar_stem: bool) -> nn.Module:
+    net = getattr(models, name)(weights=None)
+    if cifar_stem:  # 3x3 stride-1 stem, no max-pool: the standard CIFAR variant
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    net.feature_dim = net.fc.in_features
+    net.fc = nn.Identity()  # features, not logits; load with `model.fc = nn.Identity()`
+    return net
+
+
+def build_backbone(name: str, in_channels: int = 3, width: int = 32) -> nn.Module:
+    """``width`` applies to ``small-cnn`` only."""
+    if name == "small-cnn":
+        return SmallCNN(in_channels, width)
+    if name == "resnet18-cifar":
+        return _torchvision_resnet("resnet18", in_channels, cifar_stem=True)
+    if name == "resnet50":
+        return _torchvision_resnet("resnet50", in_channels, cifar_stem=False)
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+

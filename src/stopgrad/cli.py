@@ -1,0 +1,182 @@
+"""Command line: ``stopgrad train | eval knn | list``.
+
+Bad input ends with one line on stderr naming the problem and the fix, and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import FIELDS, Config, ConfigError, build_config, presets
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    return value
+
+
+def _train_parser(sub) -> None:
+    from .backbones import BACKBONES
+    from .data.augment import RECIPES
+    from .gsg import POLICIES
+    from .heads import HEAD_PRESETS
+    from .methods import METHODS
+
+    p = sub.add_parser("train", help="pre-train an encoder (default: BYOL with guided stop-gradient on Fashion-MNIST)",
+                       description="Pre-train an encoder. Flags override --config, which overrides the defaults.")
+    p.add_argument("--config", metavar="PRESET", help="YAML file or preset name from `stopgrad list`")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<dataset>-<method>-<policy>-<time>)")
+    p.add_argument("--method", choices=METHODS)
+    p.add_argument("--stopgrad", choices=POLICIES, help="stop-gradient policy")
+    p.add_argument("--no-predictor", dest="predictor", action="store_const", const=False,
+                   help="h = identity (the no-predictor ablation)")
+    p.add_argument("--views", type=_positive_int, choices=(2, 4),
+                   help="4: fresh views for the partner role (faithful); 2: reuse the partner's views")
+    p.add_argument("--dataset", metavar="{fashion-mnist,cifar10,cifar100,digits,folder:PATH}")
+    p.add_argument("--data-dir", help="folder holding the data set's files")
+    p.add_argument("--image-size", type=_positive_int)
+    p.add_argument("--augment", choices=tuple(RECIPES), help="augmentation recipe")
+    p.add_argument("--train-subset", type=_positive_int, metavar="N", help="train on N images (quick runs)")
+    p.add_argument("--backbone", choices=BACKBONES)
+    p.add_argument("--width", type=_positive_int, help="small-cnn base width")
+    p.add_argument("--heads", choices=tuple(HEAD_PRESETS), help="projector/predictor sizes")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"))
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--ema-momentum", type=float, help="BYOL target momentum")
+    p.add_argument("--ema-schedule", choices=("constant", "cosine"))
+    p.add_argument("--amp", action="store_const", const=True, help="bfloat16 autocast on CUDA")
+    p.add_argument("--eval-every", type=_positive_int, metavar="EPOCHS")
+    p.add_argument("--knn-k", type=_positive_int)
+    p.add_argument("--knn-temperature", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_train(args) -> int:
+    from .runs import read_config
+    from .train import train
+
+    overrides = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
+    if args.resume:
+        if overrides or args.config or args.out:
+            flags = ", ".join("--" + k.replace("_", "-") for k in overrides) or "--config/--out"
+            raise ConfigError(f"--resume continues a run with its saved config; drop {flags}")
+        run_dir = Path(args.resume)
+        cfg = read_config(run_dir)
+    else:
+        cfg = build_config(args.config, overrides)
+        run_dir = Path(args.out) if args.out else None
+    result = train(cfg, run_dir, resume=bool(args.resume), progress=False if args.no_progress else None)
+    init = result["knn_top1_init"]
+    print(f"kNN top-1: {result['knn_top1']:.4f} (random init: {init:.4f})" if init is not None
+          else f"kNN top-1: {result['knn_top1']:.4f}")
+    print(f"run directory: {result['run_dir']}")
+    return 0
+
+
+def _cmd_eval_knn(args) -> int:
+    import torch
+
+    from .backbones import build_backbone
+    from .data import load_dataset
+    from .evaluate.knn import knn_top1
+    from .runs import BACKBONE_FILE, load_backbone_state, load_checkpoint, read_config
+    from .train import pick_device
+
+    if args.k <= 0 or not args.temperature > 0:
+        raise ConfigError("--k and --temperature must be positive")
+    run_dir = Path(args.run)
+    cfg = read_config(run_dir)
+    device = pick_device(args.device or cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+    backbone = build_backbone(cfg.backbone, data.channels, cfg.width)
+    if (run_dir / BACKBONE_FILE).is_file():
+        state, source = load_backbone_state(run_dir / BACKBONE_FILE), BACKBONE_FILE
+    else:  # an unfinished run: its last checkpoint
+        model_state = load_checkpoint(run_dir, "cpu")["model"]
+        state = {k[len("backbone."):]: v for k, v in model_state.items() if k.startswith("backbone.")}
+        source = "checkpoints/last.pt"
+    backbone.load_state_dict(state)
+    backbone.to(device)
+    train_x, train_y = data.train_x, data.train_y
+    if cfg.train_subset is not None:  # the bank is the run's training images
+        keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.train_subset]
+        train_x, train_y = train_x[keep], train_y[keep]
+    top1 = knn_top1(backbone, train_x, train_y, data.test_x, data.test_y, data.mean, data.std, cfg.image_size,
+                    args.k, args.temperature)
+    print(json.dumps({"run": str(run_dir), "weights": source, "k": args.k, "temperature": args.temperature,
+                      "bank": len(train_x), "queries": len(data.test_x), "knn_top1": top1}))
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from .backbones import BACKBONES
+    from .data.augment import RECIPES
+    from .data.datasets import DATASETS
+    from .gsg import POLICIES
+    from .heads import HEAD_PRESETS
+    from .methods import METHODS
+
+    for title, items in (("methods", METHODS), ("stop-gradient policies", POLICIES), ("datasets", DATASETS),
+                         ("backbones", BACKBONES), ("head presets", tuple(HEAD_PRESETS)),
+                         ("augmentation recipes", tuple(RECIPES)), ("config presets (--config)", presets())):
+        print(f"{title}:")
+        for item in items:
+            print(f"  {item}")
+    return 0
+
+
+def make_parser() -> Parser:
+    parser = Parser(prog="stopgrad", description="Self-supervised representation learning with guided stop-gradient.")
+    parser.add_argument("--version", action="version", version=f"stopgrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _train_parser(sub)
+    ev = sub.add_parser("eval", help="evaluate a run's backbone")
+    ev_sub = ev.add_subparsers(dest="evaluation", required=True, parser_class=Parser)
+    knn = ev_sub.add_parser("knn", help="weighted kNN top-1 on un-augmented train/test images; prints JSON")
+    knn.add_argument("--run", required=True, metavar="DIR")
+    knn.add_argument("--k", type=_positive_int, default=200)
+    knn.add_argument("--temperature", type=float, default=0.1)
+    knn.add_argument("--device")
+    sub.add_parser("list", help="methods, policies, data sets, backbones and presets")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data.datasets import DataError
+
+    args = make_parser().parse_args(argv)
+    handlers = {"train": _cmd_train, "list": _cmd_list, "eval": _cmd_eval_knn}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DataError) as exc:
+        print(f"stopgrad: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("stopgrad: interrupted; a training run continues from its last epoch with "
+              "`stopgrad train --resume DIR`", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Run configuration: one frozen dataclass holding every default, YAML in and out.
+
+Unknown keys and invalid values raise :class:`ConfigError` with a message that names the valid
+choices (or the closest valid key).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from .backbones import BACKBONES
+from .data.augment import RECIPES
+from .gsg import POLICIES
+from .heads import HEAD_PRESETS
+from .methods import METHODS
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # what to train
+    method: str = "byol"
+    stopgrad: str = "guided"
+    predictor: bool = True
+    views: int = 2
+    # data
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    image_size: int | None = None  # output side of the views; default: the data set's
+    augment: str = "fashion-mnist"
+    train_subset: int | None = None
+    # model
+    backbone: str = "small-cnn"
+    width: int = 32  # small-cnn only
+    heads: str = "small"
+    # optimisation
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 0.1
+    lr_schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: float = 0.0
+    sgd_momentum: float = 0.9
+    weight_decay: float = 5e-4
+    ema_momentum: float = 0.99
+    ema_schedule: str = "constant"  # constant | cosine (BYOL's increase to 1)
+    amp: bool = False  # bfloat16 autocast on CUDA
+    # evaluation
+    eval_every: int = 1  # epochs between kNN evaluations (the last epoch is always evaluated)
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    # running
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None  # CPU threads; default: torch's choice
+
+    def validate(self) -> "Config":
+        def choice(key: str, options) -> None:
+            if getattr(self, key) not in options:
+                raise ConfigError(f"invalid {key} {getattr(self, key)!r}; choose one of {', '.join(map(str, options))}")
+
+        choice("method", METHODS)
+        choice("stopgrad", POLICIES)
+        choice("views", (2, 4))
+        choice("backbone", BACKBONES)
+        choice("heads", tuple(HEAD_PRESETS))
+        choice("augment", tuple(RECIPES))
+        choice("lr_schedule", ("cosine", "constant"))
+        choice("ema_schedule", ("constant", "cosine"))
+        known = ("fashion-mnist", "cifar10", "cifar100", "digits")
+        if self.dataset not in known and not (self.dataset.startswith("folder:") and len(self.dataset) > 7):
+            raise ConfigError(f"invalid dataset {self.dataset!r}; choose one of {', '.join(known)}, folder:PATH")
+        for key in ("epochs", "batch_size", "width", "eval_every", "knn_k"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        for key in ("lr", "knn_temperature"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        for key in ("train_subset", "image_size", "threads"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ConfigError("weight_decay and warmup_epochs must be >= 0")
+        if not 0 <= self.ema_momentum <= 1 or not 0 <= self.sgd_momentum < 1:
+            raise ConfigError("ema_momentum must be in [0, 1] and sgd_momentum in [0, 1)")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be at least 2: every image needs a partner image in its batch "
+                              f"(got {self.batch_size})")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"invalid device {self.device!r}; choose auto, cpu, cuda or cuda:N")
+        return self
+
+    # ------------------------------------------------------------------ YAML
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS = {f.name: f for f in fields(Config)}
+
+
+def check_keys(data: dict, source: str) -> None:
+    for key in data:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(key, FIELDS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(FIELDS)}"
+            raise ConfigError(f"unknown key {key!r} in {source}; {hint}")
+
+
+def _coerce(key: str, value):
+    """YAML gives ints for floats like `lr: 1`; make types match the field's default."""
+    default = FIELDS[key].default
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A YAML path, or a preset name under the packaged configs/ (``fashion-mnist/byol-gsg``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = PRESET_DIR / (name_or_path if name_or_path.endswith(".yaml") else name_or_path + ".yaml")
+    if packaged.is_file():
+        return packaged
+    raise ConfigError(f"config {name_or_path} not found; give a YAML path or a preset from `stopgrad list`")
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    check_keys(data, str(path))
+    return {k: _coerce(k, v) for k, v in data.items()}
+
+
+def build_config(preset: str | None = None, overrides: dict | None = None) -> Config:
+    """Defaults, then the preset file, then explicit overrides; validated."""
+    values: dict = {}
+    if preset is not None:
+        values.update(load_yaml(resolve_preset(preset)))
+    overrides = overrides or {}
+    check_keys(overrides, "the overrides")
+    values.update({k: _coerce(k, v) for k, v in overrides.items()})
+    return Config(**values).validate()
+
+
+def presets() -> list[str]:
+    return sorted(str(p.relative_to(PRESET_DIR).with_suffix("")) for p in PRESET_DIR.rglob("*.yaml"))
+
+
+def save_yaml(data: dict, path: Path) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,226 @@
+"""Data sets as in-memory uint8 tensors (N, C, H, W) with integer labels.
+
+Fashion-MNIST is read from IDX files (Debian's ``dataset-fashion-mnist`` installs them in
+/usr/share/datasets/fashion-mnist), CIFAR-10/100 from the standard python-pickle batches, and
+``folder:PATH`` from an image tree with one sub-folder per class. Downloads (when the files are
+missing and the network is reachable) go through torchvision, which verifies checksums.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "digits", "folder:PATH")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stopgrad"
+
+
+class DataError(Exception):
+    """A data set cannot be found or read; the message says how to fix it."""
+
+
+@dataclass
+class ImageData:
+    name: str
+    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: tuple[float, ...]  # per-channel normalisation
+    std: tuple[float, ...]
+
+    @property
+    def channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_x.shape[-1]
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.train_y.max(), self.test_y.max())) + 1
+
+
+def _data_dirs(data_dir: str | None, default: list[Path]) -> list[Path]:
+    if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise DataError(f"data directory {data_dir} does not exist; pass an existing --data-dir")
+        return [Path(data_dir)]
+    env = os.environ.get("STOPGRAD_DATA")
+    return ([Path(env)] if env else []) + default
+
+
+def _download(what: str, fetch) -> None:
+    """Run a torchvision download with a short network time-out; explain failure in one line."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        fetch()
+    except Exception as exc:  # no network, refused, checksum mismatch
+        raise DataError(f"{what}; download failed ({type(exc).__name__}: {str(exc)[:80]})") from None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (IDX)
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic 0x0000 TYPE NDIM, big-endian sizes, data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {data.size}")
+    return data.reshape(shape)
+
+
+def _find_idx(dirs: list[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for sub in (d, d / "FashionMNIST" / "raw"):
+            for name in (stem, stem + ".gz"):
+                if (sub / name).is_file():
+                    return sub / name
+    return None
+
+
+def load_fashion_mnist(data_dir: str | None = None, download: bool = True) -> ImageData:
+    dirs = _data_dirs(data_dir, [DEBIAN_FASHION_MNIST, CACHE / "fashion-mnist"])
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    paths = [_find_idx(dirs, s) for s in stems]
+    if None in paths and download and data_dir is None:
+        from torchvision.datasets import FashionMNIST
+        hint = ("Fashion-MNIST not found in " + ", ".join(map(str, dirs)) +
+                ": install it with `sudo apt-get install dataset-fashion-mnist` or pass --data-dir")
+        _download(hint, lambda: [FashionMNIST(CACHE / "fashion-mnist", train=t, download=True) for t in (True, False)])
+        paths = [_find_idx(dirs, s) for s in stems]
+    if None in paths:
+        raise DataError(f"Fashion-MNIST IDX files not found in {', '.join(map(str, dirs))}: install them with "
+                        "`sudo apt-get install dataset-fashion-mnist` or pass --data-dir")
+    tx, ty, vx, vy = (torch.from_numpy(read_idx(p).copy()) for p in paths)
+    return ImageData("fashion-mnist", tx[:, None], ty.long(), vx[:, None], vy.long(),
+                     mean=(0.2860,), std=(0.3530,))
+
+
+# ---------------------------------------------------------------- CIFAR (python pickle batches)
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], label="labels", tv="CIFAR10",
+                    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], label="fine_labels",
+                     tv="CIFAR100", mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+}
+
+
+def _read_cifar_batches(folder: Path, names: list[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def load_cifar(name: str, data_dir: str | None = None, download: bool = True) -> ImageData:
+    spec = _CIFAR[name]
+    dirs = _data_dirs(data_dir, [CACHE / name])
+
+    def locate() -> Path | None:
+        for d in dirs:
+            for folder in (d / spec["folder"], d):
+                if all((folder / n).is_file() for n in spec["train"] + spec["test"]):
+                    return folder
+        return None
+
+    folder = locate()
+    if folder is None and download:
+        import torchvision.datasets as tvd
+        root = dirs[0]
+        hint = f"{name} batches ({spec['folder']}/) not found in {', '.join(map(str, dirs))}: pass --data-dir"
+        _download(hint, lambda: getattr(tvd, spec["tv"])(root, train=True, download=True))
+        folder = locate()
+    if folder is None:
+        raise DataError(f"{name} batches ({spec['folder']}/) not found in {', '.join(map(str, dirs))}: "
+                        "pass --data-dir pointing at the extracted python version")
+    tx, ty = _read_cifar_batches(folder, spec["train"], spec["label"])
+    vx, vy = _read_cifar_batches(folder, spec["test"], spec["label"])
+    return ImageData(name, tx, ty, vx, vy, spec["mean"], spec["std"])
+
+
+# ---------------------------------------------------------------- scikit-learn digits
+def load_digits_data() -> ImageData:
+    """scikit-learn's 1,797 8x8 digits (values 0-16 scaled to 0-255); a fixed 80/20 split."""
+    from sklearn.datasets import load_digits
+    bunch = load_digits()
+    x = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))[:, None]
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(y))
+    tr, te = order[:cut], order[cut:]
+    return ImageData("digits", x[tr], y[tr], x[te], y[te], mean=(0.3,), std=(0.38,))
+
+
+# ---------------------------------------------------------------- image folders
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _read_folder(root: Path, size: int, classes: list[str] | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+    tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
+    try:
+        ds = ImageFolder(str(root), transform=tf)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"{root}: {exc}; expected one sub-folder of images per class") from None
+    if classes is not None and ds.classes != classes:
+        raise DataError(f"{root} has classes {ds.classes[:5]}..., which differ from the training classes")
+    xs = [ds[i][0] for i in range(len(ds))]
+    return torch.stack(xs), torch.tensor(ds.targets, dtype=torch.long), ds.classes
+
+
+def load_folder(path: str, image_size: int | None = None) -> ImageData:
+    """``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` (or ``test/``), decoded once into memory.
+
+    Without a train/ sub-folder, ``PATH/<class>/*`` is split 90/10 with a fixed seed.
+    Images are resized (shorter side) and centre-cropped to ``image_size`` (default 64).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"image folder {path} does not exist; use --dataset folder:PATH with an existing folder")
+    size = image_size or 64
+    test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        tx, ty, classes = _read_folder(root / "train", size, None)
+        vx, vy, _ = _read_folder(test_dir, size, classes)
+    else:
+        x, y, _ = _read_folder(root, size, None)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+        cut = max(1, int(0.9 * len(y)))
+        tx, ty, vx, vy = x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+    return ImageData(f"folder:{path}", tx, ty, vx, vy, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def load_dataset(name: str, data_dir: str | None = None, image_size: int | None = None,
+                 download: bool = True) -> ImageData:
+    if name == "fashion-mnist":
+        return load_fashion_mnist(data_dir, download)
+    if name in _CIFAR:
+        return load_cifar(name, data_dir, download)
+    if name == "digits":
+        return load_digits_data()
+    if name.startswith("folder:") and len(name) > len("folder:"):
+        return load_folder(name[len("folder:"):], image_size)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -1,0 +1,56 @@
+"""Weighted k-nearest-neighbour classification on L2-normalised backbone features (InstDisc).
+
+Each query votes with its k most cosine-similar bank images, weight exp(sim / T) per neighbour;
+k = 1 is the plain nearest neighbour.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.augment import prepare
+
+
+@torch.no_grad()
+def embed(backbone: nn.Module, images: torch.Tensor, mean, std, size: int | None = None,
+          batch_size: int = 1024, device=None) -> torch.Tensor:
+    """(N, F) L2-normalised features of un-augmented images, with the backbone in eval mode.
+
+    The backbone's train/eval mode is restored afterwards and its weights are untouched.
+    """
+    device = device or next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        out = [F.normalize(backbone(prepare(images[i:i + batch_size].to(device), mean, std, size)).float(), dim=1)
+               for i in range(0, len(images), batch_size)]
+    finally:
+        backbone.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def knn_classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int = 200,
+                 temperature: float = 0.1, num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Predicted labels (Q,) for normalised ``queries`` (Q, F) against ``bank`` (N, F)."""
+    num_classes = num_classes or int(bank_labels.max()) + 1
+    k = min(k, len(bank))
+    bank_labels = bank_labels.to(bank.device)
+    preds = []
+    for i in range(0, len(queries), chunk):
+        sim, idx = (queries[i:i + chunk] @ bank.T).topk(k, dim=1)  # (q, k)
+        votes = torch.zeros(len(sim), num_classes, device=bank.device)
+        votes.scatter_add_(1, bank_labels[idx], (sim / temperature).exp())
+        preds.append(votes.argmax(1))
+    return torch.cat(preds)
+
+
+def knn_top1(backbone: nn.Module, train_x, train_y, test_x, test_y, mean, std, size: int | None = None,
+             k: int = 200, temperature: float = 0.1) -> float:
+    """Top-1 accuracy (a fraction) of weighted kNN: bank = train images, queries = test images."""
+    bank = embed(backbone, train_x, mean, std, size)
+    queries = embed(backbone, test_x, mean, std, size)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    pred = knn_classify(bank, train_y, queries, k, temperature, num_classes)
+    return (pred.cpu() == test_y.cpu()).float().mean().item()

@@ -1,0 +1,44 @@
+"""Projector and predictor heads, all from one MLP builder."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def mlp(dims: list[int] | tuple[int, ...], last_bn: bool = False, last_bn_affine: bool = True) -> nn.Sequential:
+    """Linear layers ``dims[0] -> dims[1] -> ... -> dims[-1]``.
+
+    Every hidden layer is Linear (no bias) + BatchNorm + ReLU; the output layer is Linear, followed
+    by a BatchNorm when ``last_bn`` (its bias is then redundant and dropped).
+    """
+    if len(dims) < 2:
+        raise ValueError(f"an MLP needs at least an input and an output size, got {list(dims)}")
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip(dims[:-2], dims[1:-1]):
+        layers += [nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(dims[-2], dims[-1], bias=not last_bn))
+    if last_bn:
+        layers.append(nn.BatchNorm1d(dims[-1], affine=last_bn_affine))
+    return nn.Sequential(*layers)
+
+
+# Head shapes per recipe: hidden sizes of the projector and predictor; the projector input is the
+# backbone's feature size. The CIFAR recipe is the paper's App. C.2 (projector 512->2048->2048,
+# predictor 2048->512->2048), the ImageNet recipe is three 2048 layers and a 512 bottleneck.
+HEAD_PRESETS = {
+    "cifar": {"projector": [2048, 2048], "predictor": [512, 2048]},
+    "imagenet": {"projector": [2048, 2048, 2048], "predictor": [512, 2048]},
+    # small heads for the small CPU backbone: the heads are half the step time at the paper's sizes
+    "small": {"projector": [512, 512], "predictor": [128, 512]},
+}
+
+
+def projector(in_dim: int, hidden: list[int]) -> nn.Sequential:
+    """Backbone features -> projection z; output BatchNorm as in SimSiam / the GSG code."""
+    return mlp([in_dim, *hidden], last_bn=True)
+
+
+def predictor(dim: int, hidden: list[int]) -> nn.Sequential:
+    """Projection z -> prediction p (bottleneck MLP, plain linear output)."""
+    if hidden[-1] != dim:
+        raise ValueError(f"the predictor must output the projection size {dim}, got {hidden[-1]}")
+    return mlp([dim, *hidden], last_bn=False)

@@ -1,0 +1,71 @@
+"""SimSiam and BYOL, each with a choice of stop-gradient policy (see :mod:`stopgrad.gsg`).
+
+One composition covers both: an online encoder (backbone + projector), a predictor, and a source
+of targets. SimSiam's targets are the online projections (stop-gradient inside the loss); BYOL's
+come from a momentum copy of backbone + projector that only :meth:`update_momentum` changes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ema import ema_update, momentum_copy
+from ..gsg import pair_loss
+
+
+class Siamese(nn.Module):
+    """Two-branch predictor/stop-gradient learner.
+
+    Args:
+        backbone: images -> features (has ``feature_dim``).
+        projector: features -> projections z.
+        predictor: z -> p; ``None`` for the no-predictor ablation (h = identity).
+        policy: stop-gradient policy, one of :data:`stopgrad.gsg.POLICIES`.
+        momentum_target: BYOL when True (targets from an EMA copy), SimSiam when False.
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module | None,
+                 policy: str, momentum_target: bool):
+        super().__init__()
+        self.backbone, self.projector = backbone, projector
+        self.predictor = predictor if predictor is not None else nn.Identity()
+        self.policy = policy
+        self.target = momentum_copy(nn.Sequential(backbone, projector)) if momentum_target else None
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+    @torch.no_grad()
+    def update_momentum(self, momentum: float) -> None:
+        if self.target is not None:
+            ema_update(self.target, nn.Sequential(self.backbone, self.projector), momentum)
+
+    def forward(self, views: torch.Tensor, partners: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss for one batch.
+
+        Args:
+            views: (V, B, C, H, W) augmented views, V = 2 or 4. With 4 views the partner role of
+                each image uses its views 3 and 4 (the faithful mode); with 2 views its own two
+                views are reused for the partner role (the equal-compute mode).
+            partners: (B,) index of each image's partner, a derangement.
+            generator: drives the ``random`` policy.
+        Returns:
+            (scalar loss, {"collapse_std": ...}) with the statistics still on the device.
+        """
+        n_views, batch = views.shape[:2]
+        flat = views.flatten(0, 1)  # (V*B, C, H, W): one encoder call for every view
+        z = self.encode(flat)
+        p = self.predictor(z).unflatten(0, (n_views, batch))  # (V, B, D)
+        if self.target is None:
+            targets = z.unflatten(0, (n_views, batch))
+        else:
+            with torch.no_grad():
+                targets = self.target(flat).unflatten(0, (n_views, batch))
+        role_b = slice(2, 4) if n_views == 4 else slice(0, 2)
+        loss = pair_loss(p[:2], targets[:2], p[role_b][:, partners], targets[role_b][:, partners],
+                         self.policy, generator)
+        with torch.no_grad():  # collapse indicator: ~1/sqrt(D) when healthy, 0 when collapsed
+            collapse_std = F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
+        return loss, {"collapse_std": collapse_std}

@@ -1,0 +1,207 @@
+"""The training loop: the only one in stopgrad.
+
+Data lives on the training device as one uint8 tensor; every step augments its batch there, runs
+the method, steps the optimiser and then the momentum copy (in that order, written once here).
+Each epoch draws its shuffling, augmentation and partners from generators seeded by (seed, epoch),
+so a run resumed from an epoch checkpoint repeats the uninterrupted run exactly.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import runs
+from .config import Config, ConfigError
+from .data import RECIPES, augment, load_dataset
+from .data.datasets import ImageData
+from .ema import momentum_at
+from .evaluate.knn import knn_top1
+from .gsg import derangement
+from .methods import build_method
+from .schedules import lr_at
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asked for CUDA, but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    data = cfg.dataset.replace("folder:", "folder-").replace("/", "_")[:40]
+    return Path("runs") / f"{data}-{cfg.method}-{cfg.stopgrad}-{stamp}"
+
+
+def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """(device generator for shuffling/augmentation/random policy, CPU generator for partners)."""
+    g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+    g_cpu = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 500_000)
+    return g, g_cpu
+
+
+def make_views(images: torch.Tensor, n_views: int, recipe, mean, std, size, g) -> torch.Tensor:
+    """(V, B, C, S, S) augmented views of a (B, C, H, W) uint8 batch, in one augmentation call."""
+    views = augment(images.repeat(n_views, 1, 1, 1), recipe, mean, std, size, g)
+    return views.unflatten(0, (n_views, images.shape[0]))
+
+
+@dataclass
+class Setup:
+    """Everything a run trains with, built from its config."""
+    cfg: Config
+    device: torch.device
+    data: ImageData
+    train_x: torch.Tensor  # on device, uint8
+    train_y: torch.Tensor
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+    def knn(self) -> float:
+        d = self.data
+        return knn_top1(self.model.backbone, self.train_x, self.train_y, d.test_x, d.test_y, d.mean, d.std,
+                        self.cfg.image_size, self.cfg.knn_k, self.cfg.knn_temperature)
+
+
+def build(cfg: Config, data: ImageData | None = None) -> Setup:
+    cfg.validate()
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+    train_x, train_y = data.train_x, data.train_y
+    if cfg.train_subset is not None:
+        if cfg.train_subset > len(train_x):
+            raise ConfigError(f"train_subset {cfg.train_subset} exceeds the {len(train_x)} training images")
+        keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.train_subset]
+        train_x, train_y = train_x[keep], train_y[keep]
+    steps = len(train_x) // cfg.batch_size
+    if steps == 0:
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train_x)} training images; lower --batch-size")
+    torch.manual_seed(cfg.seed)
+    model = build_method(cfg.method, backbone=cfg.backbone, in_channels=data.channels, width=cfg.width,
+                         head_preset=cfg.heads, policy=cfg.stopgrad, predictor=cfg.predictor).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # the momentum copy is frozen
+    optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    return Setup(cfg, device, data, train_x.to(device), train_y, model, optimizer, steps)
+
+
+def train_epoch(s: Setup, epoch: int, on_step=None) -> dict[str, float]:
+    """One epoch of training; returns mean loss and collapse std (one host sync, at the end)."""
+    cfg, model, opt = s.cfg, s.model, s.optimizer
+    g, g_cpu = epoch_generators(cfg.seed, epoch, s.device)
+    recipe, mean, std = RECIPES[cfg.augment], s.data.mean, s.data.std
+    order = torch.randperm(len(s.train_x), generator=g, device=s.device)
+    warmup = int(cfg.warmup_epochs * s.steps_per_epoch)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and s.device.type == "cuda")
+    totals = torch.zeros(2, device=s.device)  # loss, collapse std
+    model.train()
+    for i in range(s.steps_per_epoch):
+        step = (epoch - 1) * s.steps_per_epoch + i
+        lr = lr_at(step, s.total_steps, cfg.lr, cfg.lr_schedule, warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = s.train_x[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
+        views = make_views(batch, cfg.views, recipe, mean, std, cfg.image_size, g)
+        partners = derangement(cfg.batch_size, g_cpu).to(s.device, non_blocking=True)
+        with amp:
+            loss, stats = model(views, partners, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.update_momentum(momentum_at(step, s.total_steps, cfg.ema_momentum, cfg.ema_schedule))
+        totals += torch.stack((loss.detach().float(), stats["collapse_std"]))
+        if on_step is not None:
+            on_step()
+    loss_mean, collapse = (totals / s.steps_per_epoch).tolist()
+    return {"loss": loss_mean, "collapse_std": collapse, "lr": lr}
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        from tqdm import tqdm
+        tqdm.write(message)
+
+
+def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, stop_after: int | None = None,
+          quiet: bool = False, progress: bool | None = None, data: ImageData | None = None) -> dict:
+    """Train (or resume) a run; returns a summary with the final kNN top-1 and the run directory.
+
+    ``stop_after`` ends the session after that epoch (the run can be resumed); ``progress=None``
+    shows a progress bar only on a terminal.
+    """
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    if not resume and (run_dir / runs.CONFIG_FILE).exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with `stopgrad train --resume {run_dir}` "
+                          "or choose another --out")
+    s = build(cfg, data)
+    rows: list[dict] = []
+    start_epoch, seconds = 0, 0.0
+    if resume:
+        state = runs.load_checkpoint(run_dir, s.device)
+        s.model.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        start_epoch, seconds = state["epoch"], state["seconds"]
+        rows = [r for r in runs.read_metrics(run_dir) if r["epoch"] <= start_epoch]
+        runs.write_metrics(run_dir, rows)  # drop lines from an epoch that never reached its checkpoint
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_config(run_dir, cfg, str(s.device))
+        t0 = time.perf_counter()
+        rows = [{"epoch": 0, "step": 0, "loss": None, "lr": lr_at(0, s.total_steps, cfg.lr, cfg.lr_schedule),
+                 "knn_top1": s.knn(), "collapse_std": None, "seconds": 0.0,
+                 "eval_seconds": round(time.perf_counter() - t0, 3)}]
+        runs.write_metrics(run_dir, rows)
+        _log(f"epoch 0 (random init): kNN top-1 {rows[0]['knn_top1']:.4f}", quiet)
+
+    bar = tqdm(total=s.total_steps, initial=start_epoch * s.steps_per_epoch, unit="step", dynamic_ncols=True,
+               disable=(not progress) if progress is not None else None, leave=False)
+    last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    try:
+        for epoch in range(start_epoch + 1, last_epoch + 1):
+            if s.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            stats = train_epoch(s, epoch, on_step=bar.update)
+            epoch_seconds = time.perf_counter() - t0
+            seconds += epoch_seconds
+            row = {"epoch": epoch, "step": epoch * s.steps_per_epoch, **stats, "knn_top1": None,
+                   "collapse_std": stats["collapse_std"], "seconds": round(seconds, 3),
+                   "images_per_second": round(s.steps_per_epoch * cfg.batch_size / epoch_seconds, 1)}
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                t0 = time.perf_counter()
+                row["knn_top1"] = s.knn()
+                row["eval_seconds"] = round(time.perf_counter() - t0, 3)
+            rows.append(row)
+            # checkpoint first, then the metrics that refer to it
+            runs.save_checkpoint(run_dir, {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                                           "epoch": epoch, "step": row["step"], "seconds": seconds})
+            runs.write_metrics(run_dir, rows)
+            knn = f", kNN top-1 {row['knn_top1']:.4f}" if row["knn_top1"] is not None else ""
+            bar.set_postfix(loss=f"{row['loss']:.3f}", knn=row["knn_top1"])
+            _log(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}, collapse std {row['collapse_std']:.4f}"
+                 f"{knn}, {row['images_per_second']:.0f} img/s", quiet)
+    finally:
+        bar.close()
+        if rows:
+            from .plots import plot_metrics
+            plot_metrics(rows, run_dir)
+    finished = rows[-1]["epoch"] == cfg.epochs
+    if finished:
+        runs.save_backbone(run_dir, s.model.backbone)
+    return {"run_dir": str(run_dir), "finished": finished, "epoch": rows[-1]["epoch"],
+            "knn_top1": rows[-1]["knn_top1"], "knn_top1_init": rows[0]["knn_top1"], "seconds": seconds,
+            "metrics": rows}
