@@ -42,12 +42,12 @@ def test_embedding_leaves_the_backbone_untouched_and_in_its_mode():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     x = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
     f = embed(net, x, [0.5], [0.5], batch_size=4)
-    assert f.shape == (10, 32) and torch.allclose(f.norm(dim=1), torch.ones(10))
+    assert f.shape == (10, 128) and torch.allclose(f.norm(dim=1), torch.ones(10))
     assert net.training
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BN statistics included
 
 
-@pytest.mark.parametrize("name,channels,size,dim", [("small-cnn", 3, 16, 256), ("resnet18-cifar", 1, 16, 512),
+@pytest.mark.parametrize("name,channels,size,dim", [("small-cnn", 3, 16, 1024), ("resnet18-cifar", 1, 16, 512),
                                                     ("resnet50", 3, 32, 2048)])
 def test_backbones_follow_input_channels(name, channels, size, dim):
     net = build_backbone(name, channels).eval()

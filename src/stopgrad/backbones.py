@@ -17,19 +17,21 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
 
 
 class SmallCNN(nn.Sequential):
-    """Four 3x3 conv-BN-ReLU blocks (widths w, 2w, 4w, 8w), global average pool.
+    """Four 3x3 conv-BN-ReLU blocks (widths w, 2w, 4w, 8w), then average pooling to a
+    ``pool`` x ``pool`` grid, flattened: ``feature_dim = 8w * pool**2``.
 
-    The first block has stride 2: on 28x28 images a full-resolution first layer costs a third of
-    the step time for no measurable kNN gain (benchmarks/throughput.py).
+    The first block has stride 2, so a 28x28 image reaches the last block at 4x4. Pooling to 2x2
+    rather than 1x1 keeps the coarse layout (where the sleeves, the sole, the handle are) that
+    Fashion-MNIST classes differ by; see README, "The default recipe".
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32):
+    def __init__(self, in_channels: int = 1, width: int = 32, pool: int = 2):
         widths = [width, 2 * width, 4 * width, 8 * width]
         layers = _conv_bn_relu(in_channels, widths[0], stride=2)
         for c_in, c_out, stride in zip(widths[:-1], widths[1:], (1, 2, 2)):
             layers += _conv_bn_relu(c_in, c_out, stride)
-        super().__init__(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.feature_dim = widths[-1]
+        super().__init__(*layers, nn.AdaptiveAvgPool2d(pool), nn.Flatten())
+        self.feature_dim = widths[-1] * pool * pool
 
 
 def _torchvision_resnet(name: str, in_channels: int, cifar_stem: bool) -> nn.Module:

@@ -40,12 +40,12 @@ class Config:
     train_subset: int | None = None
     # model
     backbone: str = "small-cnn"
-    width: int = 32  # small-cnn only
+    width: int = 16  # small-cnn only
     heads: str = "small"
     # optimisation
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 128
-    lr: float = 0.1
+    lr: float = 0.2
     lr_schedule: str = "cosine"  # cosine | constant
     warmup_epochs: float = 0.0
     sgd_momentum: float = 0.9

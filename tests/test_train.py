@@ -1,0 +1,56 @@
+"""Training on real data: resume equivalence and learning above random initialisation."""
+import json
+
+import pytest
+import torch
+
+from stopgrad.config import build_config
+from stopgrad.data import load_dataset
+from stopgrad.data.datasets import DataError
+from stopgrad.train import train
+
+COMPARED = ("epoch", "step", "loss", "lr", "knn_top1", "collapse_std")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.mark.parametrize("method", ["simsiam", "byol"])
+def test_resumed_run_repeats_the_uninterrupted_run(tmp_path, digits, method):
+    cfg = build_config(overrides={"method": method, "dataset": "digits", "width": 4, "epochs": 3, "batch_size": 64,
+                                  "train_subset": 512, "knn_k": 20, "views": 4 if method == "byol" else 2,
+                                  "stopgrad": "random" if method == "byol" else "guided"})
+    whole = train(cfg, tmp_path / "whole", quiet=True, progress=False, data=digits)
+    first = train(cfg, tmp_path / "parts", stop_after=1, quiet=True, progress=False, data=digits)
+    assert not first["finished"] and not (tmp_path / "parts" / "backbone.safetensors").exists()
+    rest = train(cfg, tmp_path / "parts", resume=True, quiet=True, progress=False, data=digits)
+    assert rest["finished"]
+    rows = [json.loads(line) for line in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
+    assert [[r[k] for k in COMPARED] for r in rows] == [[r[k] for k in COMPARED] for r in whole["metrics"]]
+    from safetensors.torch import load_file
+    a = load_file(str(tmp_path / "whole" / "backbone.safetensors"))
+    b = load_file(str(tmp_path / "parts" / "backbone.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def fashion_mnist():
+    try:
+        return load_dataset("fashion-mnist", download=False)
+    except DataError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.slow
+def test_byol_gsg_learns_on_fashion_mnist(tmp_path):
+    """A short CPU run (6,000 images, 4 epochs of 93 steps, ~35 s) lifts kNN top-1 above random init.
+
+    Measured with this seed: 0.7055 at initialisation, 0.7300 after training (+2.45 points); the
+    threshold asks for +1.5 points, about four standard errors of a 10,000-query accuracy.
+    """
+    cfg = build_config(overrides={"epochs": 4, "batch_size": 64, "train_subset": 6000, "seed": 0})
+    result = train(cfg, tmp_path / "run", quiet=True, progress=False, data=fashion_mnist())
+    init, final = result["knn_top1_init"], result["knn_top1"]
+    assert final > init + 0.015, (init, final)
+    assert result["metrics"][-1]["collapse_std"] > 0.5 / 512 ** 0.5  # not collapsed
