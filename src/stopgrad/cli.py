@@ -95,13 +95,11 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval_knn(args) -> int:
-    import torch
-
     from .backbones import build_backbone
     from .data import load_dataset
     from .evaluate.knn import knn_top1
     from .runs import BACKBONE_FILE, load_backbone_state, load_checkpoint, read_config
-    from .train import pick_device
+    from .train import pick_device, training_images
 
     if args.k <= 0 or not args.temperature > 0:
         raise ConfigError("--k and --temperature must be positive")
@@ -118,10 +116,7 @@ def _cmd_eval_knn(args) -> int:
         source = "checkpoints/last.pt"
     backbone.load_state_dict(state)
     backbone.to(device)
-    train_x, train_y = data.train_x, data.train_y
-    if cfg.train_subset is not None:  # the bank is the run's training images
-        keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.train_subset]
-        train_x, train_y = train_x[keep], train_y[keep]
+    train_x, train_y = training_images(cfg, data)  # the bank is the run's training images
     top1 = knn_top1(backbone, train_x, train_y, data.test_x, data.test_y, data.mean, data.std, cfg.image_size,
                     args.k, args.temperature)
     print(json.dumps({"run": str(run_dir), "weights": source, "k": args.k, "temperature": args.temperature,

@@ -52,6 +52,19 @@ def make_views(images: torch.Tensor, n_views: int, recipe, mean, std, size, g) -
     return views.unflatten(0, (n_views, images.shape[0]))
 
 
+def training_images(cfg: Config, data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's training images and labels: all of them, or ``train_subset`` chosen with the seed.
+
+    They are also the kNN bank, so evaluation after training selects them the same way.
+    """
+    if cfg.train_subset is None:
+        return data.train_x, data.train_y
+    if cfg.train_subset > len(data.train_x):
+        raise ConfigError(f"train_subset {cfg.train_subset} exceeds the {len(data.train_x)} training images")
+    keep = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.train_subset]
+    return data.train_x[keep], data.train_y[keep]
+
+
 @dataclass
 class Setup:
     """Everything a run trains with, built from its config."""
@@ -80,12 +93,7 @@ def build(cfg: Config, data: ImageData | None = None) -> Setup:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
-    train_x, train_y = data.train_x, data.train_y
-    if cfg.train_subset is not None:
-        if cfg.train_subset > len(train_x):
-            raise ConfigError(f"train_subset {cfg.train_subset} exceeds the {len(train_x)} training images")
-        keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.train_subset]
-        train_x, train_y = train_x[keep], train_y[keep]
+    train_x, train_y = training_images(cfg, data)
     steps = len(train_x) // cfg.batch_size
     if steps == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train_x)} training images; lower --batch-size")
