@@ -29,17 +29,23 @@ def _positive_int(text: str) -> int:
 
 
 def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="pre-train an encoder (default: BYOL with guided stop-gradient on Fashion-MNIST)",
+                       description="Pre-train an encoder. Flags override --config, which overrides the defaults.")
+    p.add_argument("--config", metavar="PRESET", help="YAML file or preset name from `stopgrad list`")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<dataset>-<method>-<policy>-<time>)")
+    _config_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _config_flags(p) -> None:
+    """Flags that override config keys (shared by train and bench)."""
     from .backbones import BACKBONES
     from .data.augment import RECIPES
     from .gsg import POLICIES
     from .heads import HEAD_PRESETS
     from .methods import METHODS
 
-    p = sub.add_parser("train", help="pre-train an encoder (default: BYOL with guided stop-gradient on Fashion-MNIST)",
-                       description="Pre-train an encoder. Flags override --config, which overrides the defaults.")
-    p.add_argument("--config", metavar="PRESET", help="YAML file or preset name from `stopgrad list`")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<dataset>-<method>-<policy>-<time>)")
     p.add_argument("--method", choices=METHODS)
     p.add_argument("--stopgrad", choices=POLICIES, help="stop-gradient policy")
     p.add_argument("--no-predictor", dest="predictor", action="store_const", const=False,
@@ -51,6 +57,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--image-size", type=_positive_int)
     p.add_argument("--augment", choices=tuple(RECIPES), help="augmentation recipe")
     p.add_argument("--train-subset", type=_positive_int, metavar="N", help="train on N images (quick runs)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction,
+                   help="image folders: decode batch by batch from disk (default: when over 2 GiB decoded)")
     p.add_argument("--backbone", choices=BACKBONES)
     p.add_argument("--width", type=_positive_int, help="small-cnn base width")
     p.add_argument("--heads", choices=tuple(HEAD_PRESETS), help="projector/predictor sizes")
@@ -62,14 +70,18 @@ def _train_parser(sub) -> None:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--ema-momentum", type=float, help="BYOL target momentum")
     p.add_argument("--ema-schedule", choices=("constant", "cosine"))
-    p.add_argument("--amp", action="store_const", const=True, help="bfloat16 autocast on CUDA")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                   help="bfloat16 autocast with fp32 weights (default: on for CUDA, off on CPU)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="NHWC memory format (default: on for CUDA, off on CPU)")
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    p.add_argument("--workers", type=int, help="decoding processes for streamed image folders")
     p.add_argument("--eval-every", type=_positive_int, metavar="EPOCHS")
     p.add_argument("--knn-k", type=_positive_int)
     p.add_argument("--knn-temperature", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=_positive_int, help="CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _cmd_train(args) -> int:
@@ -106,7 +118,7 @@ def _cmd_eval_knn(args) -> int:
     run_dir = Path(args.run)
     cfg = read_config(run_dir)
     device = pick_device(args.device or cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, stream=cfg.stream)
     backbone = build_backbone(cfg.backbone, data.channels, cfg.width)
     if (run_dir / BACKBONE_FILE).is_file():
         state, source = load_backbone_state(run_dir / BACKBONE_FILE), BACKBONE_FILE
@@ -121,6 +133,47 @@ def _cmd_eval_knn(args) -> int:
                     args.k, args.temperature)
     print(json.dumps({"run": str(run_dir), "weights": source, "k": args.k, "temperature": args.temperature,
                       "bank": len(train_x), "queries": len(data.test_x), "knn_top1": top1}))
+    return 0
+
+
+def _bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="training throughput against the conventional pipeline, kNN time, memory",
+                       description="Benchmark a configuration on this machine (default: the default run's). "
+                                   "Times the stopgrad training loop and a conventional per-image torchvision "
+                                   "DataLoader pipeline (fp32) on the same model and batch, in the same run.")
+    p.add_argument("--config", metavar="PRESET", help="YAML file or preset name from `stopgrad list`")
+    _config_flags(p)
+    p.add_argument("--synthetic", metavar="CxHxW", help="random uint8 images of this shape instead of --dataset "
+                                                         "(e.g. 3x32x32 for CIFAR-shaped throughput)")
+    p.add_argument("--steps", type=_positive_int, default=20, help="timed steps (default 20)")
+    p.add_argument("--warmup", type=_positive_int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--rounds", type=_positive_int, default=3, help="timings per figure; the median is reported")
+    p.add_argument("--conventional-workers", type=int, metavar="N",
+                   help="DataLoader workers of the conventional pipeline (default: the faster of half and all CPUs, up to 8)")
+    p.add_argument("--no-conventional", action="store_true", help="skip the conventional pipeline")
+    p.add_argument("--no-knn", action="store_true", help="skip the kNN timing")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+
+
+def _cmd_bench(args) -> int:
+    from .bench import bench, format_table, synthetic_data
+    from .runs import atomic_write
+
+    overrides = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
+    cfg = build_config(args.config, overrides)
+    data = None
+    if args.synthetic:
+        n = cfg.batch_size * (args.warmup + args.rounds * args.steps + 2)
+        data = synthetic_data(args.synthetic, max(n, 2000))
+    if args.json and Path(args.json).is_dir():
+        raise ConfigError(f"--json {args.json} is a directory; give a file name")
+    result = bench(cfg, data, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+                   conventional=not args.no_conventional, workers=args.conventional_workers, knn=not args.no_knn,
+                   log=lambda m: print(m, file=sys.stderr))
+    print(format_table(result))
+    if args.json:
+        text = json.dumps(result, indent=1) + "\n"
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text))
     return 0
 
 
@@ -146,6 +199,7 @@ def make_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"stopgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _train_parser(sub)
+    _bench_parser(sub)
     ev = sub.add_parser("eval", help="evaluate a run's backbone")
     ev_sub = ev.add_subparsers(dest="evaluation", required=True, parser_class=Parser)
     knn = ev_sub.add_parser("knn", help="weighted kNN top-1 on un-augmented train/test images; prints JSON")
@@ -161,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data.datasets import DataError
 
     args = make_parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "list": _cmd_list, "eval": _cmd_eval_knn}
+    handlers = {"train": _cmd_train, "list": _cmd_list, "eval": _cmd_eval_knn, "bench": _cmd_bench}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError) as exc:

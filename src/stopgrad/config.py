@@ -38,6 +38,7 @@ class Config:
     image_size: int | None = None  # output side of the views; default: the data set's
     augment: str = "fashion-mnist"
     train_subset: int | None = None
+    stream: bool | None = None  # image folders: read from disk per batch; None: when over 2 GiB decoded
     # model
     backbone: str = "small-cnn"
     width: int = 16  # small-cnn only
@@ -52,7 +53,11 @@ class Config:
     weight_decay: float = 5e-4
     ema_momentum: float = 0.99
     ema_schedule: str = "constant"  # constant | cosine (BYOL's increase to 1)
-    amp: bool = False  # bfloat16 autocast on CUDA
+    # speed (none of these changes the maths beyond rounding)
+    amp: bool | None = None  # bfloat16 autocast, fp32 weights; None: on for CUDA, off on CPU
+    channels_last: bool | None = None  # NHWC activations; None: on for CUDA, off on CPU (slower there)
+    compile: bool = False  # torch.compile the model
+    workers: int | None = None  # decoding processes for streamed image folders; default min(8, CPUs)
     # evaluation
     eval_every: int = 1  # epochs between kNN evaluations (the last epoch is always evaluated)
     knn_k: int = 200
@@ -84,6 +89,11 @@ class Config:
         for key in ("lr", "knn_temperature"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        for key in ("amp", "channels_last", "stream"):
+            if getattr(self, key) not in (None, True, False):
+                raise ConfigError(f"{key} must be true, false or null (automatic), got {getattr(self, key)!r}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
         for key in ("train_subset", "image_size", "threads"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")

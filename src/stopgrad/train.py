@@ -1,7 +1,12 @@
 """The training loop: the only one in stopgrad.
 
-Data lives on the training device as one uint8 tensor; every step augments its batch there, runs
-the method, steps the optimiser and then the momentum copy (in that order, written once here).
+Data sets that fit live on the training device as one uint8 tensor and an epoch is a permutation
+of indices into it; image folders too large for that stream through decoding workers into the
+same path. Every step augments all views of its batch on the device in one call, runs the method
+(bfloat16 autocast and channels-last on CUDA), steps the optimiser (fused on CUDA, foreach on
+CPU) and then the momentum copy, in that order, written once here. Nothing in a step waits for
+the device: losses and statistics are summed on the device and read once per epoch.
+
 Each epoch draws its shuffling, augmentation and partners from generators seeded by (seed, epoch),
 so a run resumed from an epoch checkpoint repeats the uninterrupted run exactly.
 """
@@ -18,6 +23,7 @@ from . import runs
 from .config import Config, ConfigError
 from .data import RECIPES, augment, load_dataset
 from .data.datasets import ImageData
+from .data.stream import iter_batches
 from .ema import momentum_at
 from .evaluate.knn import knn_top1
 from .gsg import derangement
@@ -46,10 +52,28 @@ def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch
     return g, g_cpu
 
 
-def make_views(images: torch.Tensor, n_views: int, recipe, mean, std, size, g) -> torch.Tensor:
-    """(V, B, C, S, S) augmented views of a (B, C, H, W) uint8 batch, in one augmentation call."""
-    views = augment(images.repeat(n_views, 1, 1, 1), recipe, mean, std, size, g)
+def make_views(images: torch.Tensor, n_views: int, recipe, mean, std, size, g,
+               channels_last: bool = False) -> torch.Tensor:
+    """(V, B, C, S, S) augmented views of a (B, C, H, W) uint8 batch, in one augmentation call.
+
+    With ``channels_last`` the views are laid out so that ``views.flatten(0, 1)`` is NHWC.
+    """
+    views = augment(images, recipe, mean, std, size, g, views=n_views)
+    if channels_last:
+        views = views.contiguous(memory_format=torch.channels_last)
     return views.unflatten(0, (n_views, images.shape[0]))
+
+
+def speed_settings(cfg: Config, device: torch.device) -> tuple[bool, bool]:
+    """(bfloat16 autocast, channels-last) for this config on this device; automatic = on for CUDA."""
+    cuda = device.type == "cuda"
+    return (cuda if cfg.amp is None else cfg.amp), (cuda if cfg.channels_last is None else cfg.channels_last)
+
+
+def make_optimizer(params, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    """SGD with momentum; one fused kernel on CUDA, multi-tensor (foreach) kernels on CPU."""
+    impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay, **impl)
 
 
 def training_images(cfg: Config, data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,11 +95,14 @@ class Setup:
     cfg: Config
     device: torch.device
     data: ImageData
-    train_x: torch.Tensor  # on device, uint8
+    train_x: torch.Tensor  # uint8 on the device, or a FolderImages streamed from disk
     train_y: torch.Tensor
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     steps_per_epoch: int
+    forward: torch.nn.Module  # the model, or its compiled form
+    amp: bool
+    channels_last: bool
 
     @property
     def total_steps(self) -> int:
@@ -92,47 +119,73 @@ def build(cfg: Config, data: ImageData | None = None) -> Setup:
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, stream=cfg.stream)
     train_x, train_y = training_images(cfg, data)
     steps = len(train_x) // cfg.batch_size
     if steps == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train_x)} training images; lower --batch-size")
+    amp, channels_last = speed_settings(cfg, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     torch.manual_seed(cfg.seed)
     model = build_method(cfg.method, backbone=cfg.backbone, in_channels=data.channels, width=cfg.width,
                          head_preset=cfg.heads, policy=cfg.stopgrad, predictor=cfg.predictor).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]  # the momentum copy is frozen
-    optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
-    return Setup(cfg, device, data, train_x.to(device), train_y, model, optimizer, steps)
+    optimizer = make_optimizer(trainable, cfg, device)
+    forward = torch.compile(model) if cfg.compile else model
+    return Setup(cfg, device, data, train_x.to(device), train_y, model, optimizer, steps, forward, amp,
+                 channels_last)
 
 
-def train_epoch(s: Setup, epoch: int, on_step=None) -> dict[str, float]:
-    """One epoch of training; returns mean loss and collapse std (one host sync, at the end)."""
-    cfg, model, opt = s.cfg, s.model, s.optimizer
+def train_step(s: Setup, views: torch.Tensor, partners: torch.Tensor, g: torch.Generator | None,
+               lr: float, momentum: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step on ready views; returns the (detached) loss and statistics, on the device."""
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.amp):
+        loss, stats = s.forward(views, partners, g)
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    s.optimizer.step()
+    s.model.update_momentum(momentum)
+    return loss.detach(), stats
+
+
+def epoch_partners(s: Setup, g_cpu: torch.Generator, steps: int) -> torch.Tensor:
+    """(steps, B) partner indices of every step of an epoch, drawn on the host, copied to the device once."""
+    partners = torch.stack([derangement(s.cfg.batch_size, g_cpu) for _ in range(steps)])
+    partners = partners.pin_memory() if s.device.type == "cuda" else partners
+    return partners.to(s.device, non_blocking=True)
+
+
+def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) -> dict[str, float]:
+    """One epoch of training; returns mean loss and collapse std (one host sync, at the end).
+
+    ``steps`` stops after that many steps (benchmarks time the training loop this way).
+    """
+    cfg = s.cfg
+    steps = s.steps_per_epoch if steps is None else min(steps, s.steps_per_epoch)
     g, g_cpu = epoch_generators(cfg.seed, epoch, s.device)
     recipe, mean, std = RECIPES[cfg.augment], s.data.mean, s.data.std
     order = torch.randperm(len(s.train_x), generator=g, device=s.device)
+    partners = epoch_partners(s, g_cpu, steps)
     warmup = int(cfg.warmup_epochs * s.steps_per_epoch)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and s.device.type == "cuda")
     totals = torch.zeros(2, device=s.device)  # loss, collapse std
-    model.train()
-    for i in range(s.steps_per_epoch):
+    batches = iter_batches(s.train_x, order[:steps * cfg.batch_size], cfg.batch_size, s.device,
+                           workers=cfg.workers)
+    s.model.train()
+    for i, batch in enumerate(batches):
         step = (epoch - 1) * s.steps_per_epoch + i
         lr = lr_at(step, s.total_steps, cfg.lr, cfg.lr_schedule, warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        batch = s.train_x[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
-        views = make_views(batch, cfg.views, recipe, mean, std, cfg.image_size, g)
-        partners = derangement(cfg.batch_size, g_cpu).to(s.device, non_blocking=True)
-        with amp:
-            loss, stats = model(views, partners, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        model.update_momentum(momentum_at(step, s.total_steps, cfg.ema_momentum, cfg.ema_schedule))
-        totals += torch.stack((loss.detach().float(), stats["collapse_std"]))
+        views = make_views(batch, cfg.views, recipe, mean, std, cfg.image_size, g, s.channels_last)
+        loss, stats = train_step(s, views, partners[i], g, lr,
+                                 momentum_at(step, s.total_steps, cfg.ema_momentum, cfg.ema_schedule))
+        totals += torch.stack((loss.float(), stats["collapse_std"]))
         if on_step is not None:
             on_step()
-    loss_mean, collapse = (totals / s.steps_per_epoch).tolist()
+    loss_mean, collapse = (totals / steps).tolist()
     return {"loss": loss_mean, "collapse_std": collapse, "lr": lr}
 
 
@@ -162,6 +215,8 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
         state = runs.load_checkpoint(run_dir, s.device)
         s.model.load_state_dict(state["model"])
         s.optimizer.load_state_dict(state["optimizer"])
+        for group in s.optimizer.param_groups:  # the kernel choice belongs to this device, not the saved one
+            group.update(fused=s.optimizer.defaults["fused"], foreach=s.optimizer.defaults["foreach"])
         start_epoch, seconds = state["epoch"], state["seconds"]
         rows = [r for r in runs.read_metrics(run_dir) if r["epoch"] <= start_epoch]
         runs.write_metrics(run_dir, rows)  # drop lines from an epoch that never reached its checkpoint

@@ -1,14 +1,21 @@
 """Batched augmentation with per-sample random parameters, on whatever device holds the batch.
 
-One call augments a whole (N, C, H, W) uint8 batch: a random-resized crop and horizontal flip as
-one affine resampling (``affine_grid`` + ``grid_sample``), colour jitter, grayscale, Gaussian
-blur as a per-sample separable convolution, and normalisation. Every sample draws its own
-parameters from the given generator, so a fixed seed gives the same views on a given device.
+One call makes every view of a (N, C, H, W) uint8 batch in a handful of kernels: the parameters of
+all views are drawn at once (:func:`sample_params`), then applied to all views together
+(:func:`apply_params`): random-resized crop and resize in one ``torchvision.ops.roi_align`` call
+that reads each view straight from its source image (no copy of the batch per view), horizontal
+flip, colour jitter, grayscale, Gaussian blur as a per-sample separable convolution, and
+normalisation.
 
-Differences from torchvision's per-image transforms, chosen for batching: the crop's aspect
-ratio and area are drawn once and clamped to the image (torchvision retries up to ten times);
-colour jitter is applied in the fixed order brightness, contrast, saturation, hue; the hue shift
-is a rotation of the chroma plane in YIQ space, a linear stand-in for the HSV hue rotation.
+The parameters follow torchvision's per-image transforms (``RandomResizedCrop``,
+``RandomHorizontalFlip``, ``ColorJitter``, ``RandomGrayscale``, ``GaussianBlur``) in distribution:
+crops are integer pixel boxes with torchvision's ten-attempt rejection rule and its centre-crop
+fallback; ``tests/test_augment_reference.py`` checks the distributions and the pixels against
+torchvision. Two differences remain, chosen for batching: colour jitter is applied in the fixed
+order brightness, contrast, saturation, hue (torchvision shuffles the order per image), and the
+hue shift is a rotation of the chroma plane in YIQ space, a linear stand-in for the HSV hue
+rotation. The resize samples each output pixel bilinearly at its centre and, when a crop is
+shrunk, averages ceil(crop/output) samples per pixel and axis, in place of antialiased resizing.
 """
 from __future__ import annotations
 
@@ -45,8 +52,8 @@ RECIPES = {
 }
 
 
-def _uniform(n: int, low: float, high: float, g: torch.Generator | None, device) -> torch.Tensor:
-    return torch.empty(n, device=device).uniform_(low, high, generator=g)
+def _uniform(shape, low: float, high: float, g: torch.Generator | None, device) -> torch.Tensor:
+    return torch.empty(shape, device=device).uniform_(low, high, generator=g)
 
 
 def _bernoulli(n: int, p: float, g: torch.Generator | None, device) -> torch.Tensor:
@@ -60,43 +67,104 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1, keepdim=True)
 
 
-def _crop_flip(x: torch.Tensor, r: AugmentRecipe, size: int, g) -> torch.Tensor:
-    n, dev = x.shape[0], x.device
-    area = _uniform(n, *r.crop_scale, g, dev)
-    log_ratio = _uniform(n, math.log(r.crop_ratio[0]), math.log(r.crop_ratio[1]), g, dev)
-    ratio = log_ratio.exp()
-    w = (area * ratio).sqrt().clamp(max=1.0)  # crop width as a fraction of the image width
-    h = (area / ratio).sqrt().clamp(max=1.0)
-    cx = (2 * torch.rand(n, device=dev, generator=g) - 1) * (1 - w)  # centre in [-1, 1] coordinates
-    cy = (2 * torch.rand(n, device=dev, generator=g) - 1) * (1 - h)
-    flip = torch.where(_bernoulli(n, r.flip_p, g, dev), -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
-    theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+@dataclass
+class ViewParams:
+    """Random parameters of M views (tensors of length M on one device).
+
+    ``boxes`` are crop boxes (x0, y0, x1, y1) in pixels of the source image, integer-valued;
+    jitter factors are 1 (hue 0) for views whose jitter was not applied; ``sigma`` is 0 for views
+    that are not blurred.
+    """
+    boxes: torch.Tensor  # (M, 4)
+    flip: torch.Tensor  # (M,) bool
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    gray: torch.Tensor  # (M,) bool
+    sigma: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.flip)
 
 
-def _jitter(x: torch.Tensor, r: AugmentRecipe, g) -> torch.Tensor:
-    n, dev = x.shape[0], x.device
-    apply = _bernoulli(n, r.jitter_p, g, dev)
-    b, c, s, h = r.jitter
+def sample_crop_boxes(m: int, height: int, width: int, scale, ratio, g=None, device=None,
+                      attempts: int = 10) -> torch.Tensor:
+    """(M, 4) random-resized-crop boxes drawn as ``torchvision.transforms.RandomResizedCrop`` does.
 
-    def factor(strength: float) -> torch.Tensor:  # (N, 1, 1, 1), 1 where jitter is not applied
-        f = _uniform(n, max(0.0, 1 - strength), 1 + strength, g, dev)
-        return torch.where(apply, f, 1.0).view(n, 1, 1, 1)
+    Each box tries up to ``attempts`` (area, log-uniform aspect ratio) draws, rounded to whole
+    pixels, and keeps the first that fits the image; boxes with none that fit fall back to the
+    central crop of the largest box within the ratio range. The offset is uniform over whole pixels.
+    """
+    area = _uniform((m, attempts), *scale, g, device) * (height * width)
+    log_ratio = _uniform((m, attempts), math.log(ratio[0]), math.log(ratio[1]), g, device)
+    r = log_ratio.exp()
+    w = (area * r).sqrt().round()
+    h = (area / r).sqrt().round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # first fitting attempt (0 if none fits)
+    w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], fits.any(1)
+    # torchvision's fallback: the whole image, or the central crop at the nearest allowed ratio
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    w, h = torch.where(found, w, float(fw)), torch.where(found, h, float(fh))
+    x0 = (torch.rand(m, device=device, generator=g) * (width - w + 1)).floor()
+    y0 = (torch.rand(m, device=device, generator=g) * (height - h + 1)).floor()
+    x0 = torch.where(found, x0, float((width - fw) // 2))
+    y0 = torch.where(found, y0, float((height - fh) // 2))
+    return torch.stack((x0, y0, x0 + w, y0 + h), dim=1)
+
+
+def sample_params(m: int, recipe: AugmentRecipe, height: int, width: int, g=None, device=None) -> ViewParams:
+    """Parameters of ``m`` views of ``height`` x ``width`` images, drawn from ``g`` on ``device``."""
+    boxes = sample_crop_boxes(m, height, width, recipe.crop_scale, recipe.crop_ratio, g, device)
+    flip = _bernoulli(m, recipe.flip_p, g, device)
+    jitter = _bernoulli(m, recipe.jitter_p, g, device) & any(v > 0 for v in recipe.jitter)
+    b, c, s, h = recipe.jitter
+
+    def factor(strength: float) -> torch.Tensor:  # 1 where jitter is not applied
+        return torch.where(jitter, _uniform(m, max(0.0, 1 - strength), 1 + strength, g, device), 1.0)
+
+    brightness, contrast, saturation = factor(b), factor(c), factor(s)
+    hue = torch.where(jitter, _uniform(m, -h, h, g, device), 0.0)
+    gray = _bernoulli(m, recipe.gray_p, g, device)
+    sigma = _uniform(m, *recipe.blur_sigma, g, device)
+    sigma = torch.where(_bernoulli(m, recipe.blur_p, g, device), sigma, 0.0)
+    return ViewParams(boxes, flip, brightness, contrast, saturation, hue, gray, sigma)
+
+
+def _crop_resize(x: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop ``boxes`` out of images ``x[source]`` and resize them to ``size``, in one kernel."""
+    from torchvision.ops import roi_align
+    rois = torch.cat((source.to(x.dtype)[:, None], boxes.to(x.dtype)), dim=1)
+    # aligned=True: pixel k covers [k, k+1), so a box samples exactly the pixels it names;
+    # sampling_ratio=-1: ceil(box/size) bilinear samples per output pixel, averaged
+    return roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def _jitter(x: torch.Tensor, p: ViewParams, recipe: AugmentRecipe) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue, each as torchvision's functional ops define it."""
+    n = x.shape[0]
+    b, c, s, h = recipe.jitter
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return t.view(n, 1, 1, 1)
 
     if b > 0:
-        x = (x * factor(b)).clamp(0, 1)
+        x = (x * f(p.brightness)).clamp_(0, 1)
     if c > 0:
         mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-        x = ((x - mean) * factor(c) + mean).clamp(0, 1)
+        x = ((x - mean) * f(p.contrast) + mean).clamp_(0, 1)
     if x.shape[1] == 3 and s > 0:
         gray = _gray(x)
-        x = ((x - gray) * factor(s) + gray).clamp(0, 1)
+        x = ((x - gray) * f(p.saturation) + gray).clamp_(0, 1)
     if x.shape[1] == 3 and h > 0:
-        angle = torch.where(apply, _uniform(n, -h, h, g, dev), 0.0) * (2 * math.pi)
-        x = _rotate_hue(x, angle).clamp(0, 1)
+        x = _rotate_hue(x, p.hue * (2 * math.pi)).clamp_(0, 1)
     return x
 
 
@@ -114,17 +182,16 @@ def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nij,njhw->nihw", m, x)
 
 
-def _blur(x: torch.Tensor, r: AugmentRecipe, g) -> torch.Tensor:
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-sample Gaussian blur with std ``sigma`` (0 = none), kernel ~10% of the side, reflect padding."""
     n, c, hgt, wid = x.shape
-    dev = x.device
-    k = max(3, int(0.1 * wid) // 2 * 2 + 1)  # ~10% of the image side, odd (23 at 224)
-    sigma = _uniform(n, *r.blur_sigma, g, dev)
-    apply = _bernoulli(n, r.blur_p, g, dev)
-    offsets = torch.arange(k, device=dev, dtype=x.dtype) - k // 2
-    kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma[:, None] ** 2))
+    k = max(3, int(0.1 * wid) // 2 * 2 + 1)  # odd (23 at 224)
+    offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
+    s = sigma.to(x.dtype).clamp(min=1e-6)[:, None]
+    kernel = torch.exp(-offsets[None] ** 2 / (2 * s ** 2))
     kernel = kernel / kernel.sum(1, keepdim=True)
     identity = (offsets == 0).to(x.dtype).expand(n, k)
-    kernel = torch.where(apply[:, None], kernel, identity)  # (N, k)
+    kernel = torch.where((sigma > 0)[:, None], kernel, identity)  # (N, k)
     weight = kernel.repeat_interleave(c, dim=0)  # (N*C, k): one kernel per sample, all channels
     y = x.reshape(1, n * c, hgt, wid)
     y = F.conv2d(F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect"), weight.view(n * c, 1, 1, k), groups=n * c)
@@ -138,9 +205,30 @@ def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
+def apply_params(x: torch.Tensor, params: ViewParams, recipe: AugmentRecipe, size: int,
+                 source: torch.Tensor | None = None) -> torch.Tensor:
+    """Views of float images ``x`` (N, C, H, W) in [0, 1]: view i is made from image ``source[i]``.
+
+    ``recipe`` only says which operations can be skipped outright (those it never applies), so
+    no value is read back from the device. Returns (M, C, size, size) in [0, 1].
+    """
+    if source is None:
+        source = torch.arange(len(params), device=x.device)
+    y = _crop_resize(x, params.boxes, source, size)
+    y = torch.where(params.flip.view(-1, 1, 1, 1), y.flip(-1), y)
+    b, c, s, h = recipe.jitter
+    if recipe.jitter_p > 0 and (b > 0 or c > 0 or (y.shape[1] == 3 and (s > 0 or h > 0))):
+        y = _jitter(y, params, recipe)
+    if y.shape[1] == 3 and recipe.gray_p > 0:
+        y = torch.where(params.gray.view(-1, 1, 1, 1), _gray(y).expand_as(y), y)
+    if recipe.blur_p > 0:
+        y = _blur(y, params.sigma)
+    return y
+
+
 def augment(images: torch.Tensor, recipe: AugmentRecipe, mean, std, size: int | None = None,
-            generator: torch.Generator | None = None) -> torch.Tensor:
-    """One augmented view of every image.
+            generator: torch.Generator | None = None, views: int = 1) -> torch.Tensor:
+    """``views`` augmented views of every image, all made in one pass.
 
     Args:
         images: (N, C, H, W) uint8 on any device.
@@ -148,18 +236,14 @@ def augment(images: torch.Tensor, recipe: AugmentRecipe, mean, std, size: int | 
         mean, std: per-channel normalisation.
         size: output side (default: the input's).
         generator: a generator on ``images.device``.
+        views: views per image.
     Returns:
-        (N, C, size, size) float32, normalised.
+        (views * N, C, size, size) float32, normalised; view v of image i is row v * N + i.
     """
-    x = images.float().div_(255)
-    x = _crop_flip(x, recipe, size or images.shape[-1], generator)
-    if recipe.jitter_p > 0 and any(v > 0 for v in recipe.jitter):
-        x = _jitter(x, recipe, generator)
-    if x.shape[1] == 3 and recipe.gray_p > 0:
-        gray = _bernoulli(x.shape[0], recipe.gray_p, generator, x.device).view(-1, 1, 1, 1)
-        x = torch.where(gray, _gray(x).expand_as(x), x)
-    if recipe.blur_p > 0:
-        x = _blur(x, recipe, generator)
+    n, _, height, width = images.shape
+    params = sample_params(views * n, recipe, height, width, generator, images.device)
+    source = torch.arange(n, device=images.device).repeat(views)
+    x = apply_params(images.float().div_(255), params, recipe, size or width, source)
     return _normalize(x, mean, std)
 
 
@@ -169,3 +253,27 @@ def prepare(images: torch.Tensor, mean, std, size: int | None = None) -> torch.T
     if size is not None and size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return _normalize(x, mean, std)
+
+
+def reference_transform(recipe: AugmentRecipe, size: int, mean, std, channels: int):
+    """The same recipe as per-image torchvision transforms on a PIL image (one view per call).
+
+    This is the conventional pipeline that :func:`augment` replaces; ``stopgrad bench`` times it
+    and the tests compare the two.
+    """
+    from torchvision import transforms as T
+    ops = [T.RandomResizedCrop(size, scale=recipe.crop_scale, ratio=recipe.crop_ratio,
+                               interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+           T.RandomHorizontalFlip(recipe.flip_p)]
+    b, c, s, h = recipe.jitter
+    if channels == 1:
+        s, h = 0.0, 0.0
+    if recipe.jitter_p > 0 and (b > 0 or c > 0 or s > 0 or h > 0):
+        ops.append(T.RandomApply([T.ColorJitter(b, c, s, h)], p=recipe.jitter_p))
+    if channels == 3 and recipe.gray_p > 0:
+        ops.append(T.RandomGrayscale(recipe.gray_p))
+    if recipe.blur_p > 0:
+        k = max(3, int(0.1 * size) // 2 * 2 + 1)
+        ops.append(T.RandomApply([T.GaussianBlur(k, recipe.blur_sigma)], p=recipe.blur_p))
+    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(ops)

@@ -1,9 +1,11 @@
-"""Data sets as in-memory uint8 tensors (N, C, H, W) with integer labels.
+"""Data sets as uint8 images (N, C, H, W) with in-memory integer labels.
 
 Fashion-MNIST is read from IDX files (Debian's ``dataset-fashion-mnist`` installs them in
 /usr/share/datasets/fashion-mnist), CIFAR-10/100 from the standard python-pickle batches, and
-``folder:PATH`` from an image tree with one sub-folder per class. Downloads (when the files are
-missing and the network is reachable) go through torchvision, which verifies checksums.
+``folder:PATH`` from an image tree with one sub-folder per class. Images are in-memory tensors,
+except for image folders too large for that: those stay on disk as ``stream.FolderImages``, read
+batch by batch with ``stream.iter_batches``. Downloads (when the files are missing and the network
+is reachable) go through torchvision, which verifies checksums.
 """
 from __future__ import annotations
 
@@ -13,13 +15,18 @@ import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from .stream import FolderImages
+
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "digits", "folder:PATH")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stopgrad"
+STREAM_BYTES = 2 * 1024 ** 3  # image folders whose decoded training split is larger stay on disk
 
 
 class DataError(Exception):
@@ -29,9 +36,9 @@ class DataError(Exception):
 @dataclass
 class ImageData:
     name: str
-    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_x: torch.Tensor | FolderImages  # (N, C, H, W) uint8, in memory or streamed from disk
     train_y: torch.Tensor  # (N,) int64
-    test_x: torch.Tensor
+    test_x: torch.Tensor | FolderImages
     test_y: torch.Tensor
     mean: tuple[float, ...]  # per-channel normalisation
     std: tuple[float, ...]
@@ -177,25 +184,40 @@ def load_digits_data() -> ImageData:
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _read_folder(root: Path, size: int, classes: list[str] | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from torchvision import transforms
+def _list_folder(root: Path, size: int, classes: list[str] | None) -> tuple[FolderImages, torch.Tensor, list[str]]:
     from torchvision.datasets import ImageFolder
-    tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
+
+    from .stream import FolderImages
     try:
-        ds = ImageFolder(str(root), transform=tf)
+        ds = ImageFolder(str(root))  # lists the files and labels, decodes nothing
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"{root}: {exc}; expected one sub-folder of images per class") from None
     if classes is not None and ds.classes != classes:
         raise DataError(f"{root} has classes {ds.classes[:5]}..., which differ from the training classes")
-    xs = [ds[i][0] for i in range(len(ds))]
-    return torch.stack(xs), torch.tensor(ds.targets, dtype=torch.long), ds.classes
+    return FolderImages([p for p, _ in ds.samples], size), torch.tensor(ds.targets, dtype=torch.long), ds.classes
 
 
-def load_folder(path: str, image_size: int | None = None) -> ImageData:
-    """``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` (or ``test/``), decoded once into memory.
+def _decode_all(images: FolderImages) -> torch.Tensor:
+    """Decode every file into one uint8 tensor, in parallel worker processes when there are many."""
+    from .stream import iter_batches
+    out = torch.empty(images.shape, dtype=torch.uint8)
+    batches = iter_batches(images, torch.arange(len(images)), 256, "cpu", drop_last=False,
+                           workers=None if len(images) >= 2048 else 0)
+    i = 0
+    for batch in batches:
+        out[i:i + len(batch)] = batch
+        i += len(batch)
+    return out
+
+
+def load_folder(path: str, image_size: int | None = None, stream: bool | None = None) -> ImageData:
+    """``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` (or ``test/``), as RGB images.
 
     Without a train/ sub-folder, ``PATH/<class>/*`` is split 90/10 with a fixed seed.
     Images are resized (shorter side) and centre-cropped to ``image_size`` (default 64).
+    ``stream=True`` keeps both splits on disk as ``FolderImages`` (decoded batch by batch), False
+    decodes them into memory once, None (auto) streams when the decoded training split would
+    exceed 2 GiB.
     """
     root = Path(path)
     if not root.is_dir():
@@ -203,18 +225,23 @@ def load_folder(path: str, image_size: int | None = None) -> ImageData:
     size = image_size or 64
     test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
-        tx, ty, classes = _read_folder(root / "train", size, None)
-        vx, vy, _ = _read_folder(test_dir, size, classes)
+        tx, ty, classes = _list_folder(root / "train", size, None)
+        vx, vy, _ = _list_folder(test_dir, size, classes)
     else:
-        x, y, _ = _read_folder(root, size, None)
+        x, y, _ = _list_folder(root, size, None)
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
         cut = max(1, int(0.9 * len(y)))
         tx, ty, vx, vy = x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+    if stream is None:
+        stream = len(tx) * 3 * size * size > STREAM_BYTES
+    if not stream:
+        tx, vx = _decode_all(tx), _decode_all(vx)
     return ImageData(f"folder:{path}", tx, ty, vx, vy, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def load_dataset(name: str, data_dir: str | None = None, image_size: int | None = None,
-                 download: bool = True) -> ImageData:
+                 download: bool = True, stream: bool | None = None) -> ImageData:
+    """The named data set; ``stream`` applies to ``folder:PATH`` (see ``load_folder``)."""
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir, download)
     if name in _CIFAR:
@@ -222,5 +249,5 @@ def load_dataset(name: str, data_dir: str | None = None, image_size: int | None 
     if name == "digits":
         return load_digits_data()
     if name.startswith("folder:") and len(name) > len("folder:"):
-        return load_folder(name[len("folder:"):], image_size)
+        return load_folder(name[len("folder:"):], image_size, stream)
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -10,21 +10,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import prepare
+from ..data.stream import iter_batches
 
 
 @torch.no_grad()
 def embed(backbone: nn.Module, images: torch.Tensor, mean, std, size: int | None = None,
-          batch_size: int = 1024, device=None) -> torch.Tensor:
-    """(N, F) L2-normalised features of un-augmented images, with the backbone in eval mode.
+          batch_size: int = 1024, device=None, amp: bool | None = None) -> torch.Tensor:
+    """(N, F) L2-normalised float32 features of un-augmented images, with the backbone in eval mode.
 
-    The backbone's train/eval mode is restored afterwards and its weights are untouched.
+    ``images`` is a uint8 tensor on any device or a streamed ``FolderImages``.
+
+    ``amp`` runs the backbone under bfloat16 autocast (default: on CUDA only). The backbone's
+    train/eval mode is restored afterwards and its weights are untouched.
     """
-    device = device or next(backbone.parameters()).device
+    device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    amp = device.type == "cuda" if amp is None else amp
     was_training = backbone.training
     backbone.eval()
+    out = []
     try:
-        out = [F.normalize(backbone(prepare(images[i:i + batch_size].to(device), mean, std, size)).float(), dim=1)
-               for i in range(0, len(images), batch_size)]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            on = images.device if isinstance(images, torch.Tensor) else device
+            order = torch.arange(len(images), device=on)
+            for x in iter_batches(images, order, batch_size, on, drop_last=False):
+                x = prepare(x.to(device, non_blocking=True), mean, std, size)
+                out.append(F.normalize(backbone(x).float(), dim=1))
     finally:
         backbone.train(was_training)
     return torch.cat(out)
