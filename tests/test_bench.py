@@ -108,3 +108,17 @@ def test_synthetic_data_shape():
     d = synthetic_data("1x28x28", 300)
     assert d.train_x.shape == (300, 1, 28, 28) and d.train_x.dtype == torch.uint8 and d.channels == 1
     assert copy.copy(d).name == "synthetic:1x28x28"
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_same_loss(digits):
+    """--compile: torch.compile of the model computes the same step (~30 s of compilation on CPU)."""
+    base = {"dataset": "digits", "width": 4, "batch_size": 32, "stopgrad": "random"}
+    eager = build(build_config(overrides=base), digits)
+    compiled = build(build_config(overrides={**base, "compile": True}), digits)
+    partners = torch.roll(torch.arange(32), 1)
+    for _ in range(2):
+        views = _views(eager)
+        a, _ = train_step(eager, views, partners, torch.Generator().manual_seed(1), 0.1, 0.99)
+        b, _ = train_step(compiled, views, partners, torch.Generator().manual_seed(1), 0.1, 0.99)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -71,7 +71,7 @@ def _config_flags(p) -> None:
     p.add_argument("--ema-momentum", type=float, help="BYOL target momentum")
     p.add_argument("--ema-schedule", choices=("constant", "cosine"))
     p.add_argument("--amp", action=argparse.BooleanOptionalAction,
-                   help="bfloat16 autocast with fp32 weights (default: on for CUDA, off on CPU)")
+                   help="bfloat16 autocast with fp32 weights (default: where the device has native bfloat16)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC memory format (default: on for CUDA, off on CPU)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")

@@ -54,7 +54,7 @@ class Config:
     ema_momentum: float = 0.99
     ema_schedule: str = "constant"  # constant | cosine (BYOL's increase to 1)
     # speed (none of these changes the maths beyond rounding)
-    amp: bool | None = None  # bfloat16 autocast, fp32 weights; None: on for CUDA, off on CPU
+    amp: bool | None = None  # bfloat16 autocast, fp32 weights; None: where bfloat16 is native (CUDA, recent CPUs)
     channels_last: bool | None = None  # NHWC activations; None: on for CUDA, off on CPU (slower there)
     compile: bool = False  # torch.compile the model
     workers: int | None = None  # decoding processes for streamed image folders; default min(8, CPUs)

@@ -3,7 +3,7 @@
 Data sets that fit live on the training device as one uint8 tensor and an epoch is a permutation
 of indices into it; image folders too large for that stream through decoding workers into the
 same path. Every step augments all views of its batch on the device in one call, runs the method
-(bfloat16 autocast and channels-last on CUDA), steps the optimiser (fused on CUDA, foreach on
+(bfloat16 autocast where the device has native bfloat16, channels-last on CUDA), steps the optimiser (fused on CUDA, foreach on
 CPU) and then the momentum copy, in that order, written once here. Nothing in a step waits for
 the device: losses and statistics are summed on the device and read once per epoch.
 
@@ -64,10 +64,23 @@ def make_views(images: torch.Tensor, n_views: int, recipe, mean, std, size, g,
     return views.unflatten(0, (n_views, images.shape[0]))
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matmuls and convolutions natively (not emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # absent in older torch: False
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
 def speed_settings(cfg: Config, device: torch.device) -> tuple[bool, bool]:
-    """(bfloat16 autocast, channels-last) for this config on this device; automatic = on for CUDA."""
-    cuda = device.type == "cuda"
-    return (cuda if cfg.amp is None else cfg.amp), (cuda if cfg.channels_last is None else cfg.channels_last)
+    """(bfloat16 autocast, channels-last) for this config on this device.
+
+    Automatic: autocast wherever the device has native bfloat16 (CUDA; CPUs with AVX512-BF16 or
+    AMX), channels-last on CUDA only (it slows the small CPU convolutions down).
+    """
+    amp = native_bfloat16(device) if cfg.amp is None else cfg.amp
+    return amp, (device.type == "cuda" if cfg.channels_last is None else cfg.channels_last)
 
 
 def make_optimizer(params, cfg: Config, device: torch.device) -> torch.optim.Optimizer:

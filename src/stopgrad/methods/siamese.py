@@ -57,12 +57,13 @@ class Siamese(nn.Module):
         n_views, batch = views.shape[:2]
         flat = views.flatten(0, 1)  # (V*B, C, H, W): one encoder call for every view
         z = self.encode(flat)
-        p = self.predictor(z).unflatten(0, (n_views, batch))  # (V, B, D)
+        # the loss in float32 whatever precision the networks ran in (bfloat16 under autocast)
+        p = self.predictor(z).float().unflatten(0, (n_views, batch))  # (V, B, D)
         if self.target is None:
-            targets = z.unflatten(0, (n_views, batch))
+            targets = z.float().unflatten(0, (n_views, batch))
         else:
             with torch.no_grad():
-                targets = self.target(flat).unflatten(0, (n_views, batch))
+                targets = self.target(flat).float().unflatten(0, (n_views, batch))
         role_b = slice(2, 4) if n_views == 4 else slice(0, 2)
         loss = pair_loss(p[:2], targets[:2], p[role_b][:, partners], targets[role_b][:, partners],
                          self.policy, generator)
