@@ -71,18 +71,17 @@ class PerImageViews(torch.utils.data.Dataset):
 def conventional_model(cfg: Config, channels: int, device: torch.device):
     """The model and a default-settings SGD, as the conventional pipeline builds them (fp32, NCHW)."""
     torch.manual_seed(cfg.seed)
-    model = build_method(cfg.method, backbone=cfg.backbone, in_channels=channels, width=cfg.width,
-                         head_preset=cfg.heads, policy=cfg.stopgrad, predictor=cfg.predictor).to(device)
+    model = build_method(cfg, channels).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
 
 
 def conventional_step(model, optimizer, views: torch.Tensor, partners: torch.Tensor, lr: float,
-                      momentum: float, generator=None) -> torch.Tensor:
+                      momentum: float, generator=None, indices=None) -> torch.Tensor:
     """One fp32 step on (V, B, C, H, W) views; the same maths as :func:`stopgrad.train.train_step`."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss, _ = model(views, partners, generator)
+    loss, _ = model(views, partners, generator, indices)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -52,6 +52,20 @@ def _config_flags(p) -> None:
                    help="h = identity (the no-predictor ablation)")
     p.add_argument("--views", type=_positive_int, choices=(2, 4),
                    help="4: fresh views for the partner role (faithful); 2: reuse the partner's views")
+    c = p.add_argument_group("contrastive methods")
+    c.add_argument("--temperature", type=float, help="InfoNCE / NT-Xent temperature")
+    c.add_argument("--num-negatives", type=_positive_int, metavar="K",
+                   help="queue, memory-bank or sampled negatives per query")
+    c.add_argument("--eqco-alpha", type=float, metavar="A",
+                   help="EqCo margin T*log(A/K) on the InfoNCE positive (0: off)")
+    c.add_argument("--bank-momentum", type=float, help="InstDisc memory-bank momentum")
+    c.add_argument("--directclr-dim", type=_positive_int, metavar="D0", help="DirectCLR: dimensions in the loss")
+    c.add_argument("--fnc-mode", choices=("elimination", "attraction"), help="FNC: what to do with false negatives")
+    c.add_argument("--fnc-top-k", type=_positive_int, help="FNC: false negatives per anchor")
+    c.add_argument("--triplet-rank", type=_positive_int, help="truncated triplet: rank of the deputy negative")
+    c.add_argument("--triplet-smoothed", action="store_const", const=True,
+                   help="truncated triplet: mean of ranks 2..2k+1")
+    c.add_argument("--triplet-margin", type=float)
     p.add_argument("--dataset", metavar="{fashion-mnist,cifar10,cifar100,digits,folder:PATH}")
     p.add_argument("--data-dir", help="folder holding the data set's files")
     p.add_argument("--image-size", type=_positive_int)

@@ -32,6 +32,17 @@ class Config:
     stopgrad: str = "guided"
     predictor: bool = True
     views: int = 2
+    # contrastive methods (see each method's docstring for which keys it reads)
+    temperature: float = 0.2  # InfoNCE / NT-Xent temperature
+    num_negatives: int | None = None  # K: queue / memory-bank / sampled negatives; None: the method's default
+    eqco_alpha: float | None = None  # EqCo margin m = T log(alpha / K); None: the method's default, 0: off
+    bank_momentum: float = 0.5  # InstDisc memory-bank update
+    directclr_dim: int = 64  # DirectCLR: leading representation dimensions in the loss
+    fnc_mode: str = "elimination"  # FNC: elimination | attraction
+    fnc_top_k: int = 1  # FNC: false negatives cancelled per anchor
+    triplet_rank: int = 2  # truncated triplet: rank of the "deputy" negative
+    triplet_smoothed: bool = False  # truncated triplet: mean of ranks 2..2k+1 instead
+    triplet_margin: float = 0.2
     # data
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
@@ -80,6 +91,20 @@ class Config:
         choice("augment", tuple(RECIPES))
         choice("lr_schedule", ("cosine", "constant"))
         choice("ema_schedule", ("constant", "cosine"))
+        choice("fnc_mode", ("elimination", "attraction"))
+        for key in ("temperature", "bank_momentum", "triplet_margin"):
+            if not getattr(self, key) >= 0 or (key == "temperature" and self.temperature == 0):
+                raise ConfigError(f"{key} must be {'positive' if key == 'temperature' else '>= 0'}, "
+                                  f"got {getattr(self, key)}")
+        if self.bank_momentum >= 1:
+            raise ConfigError(f"bank_momentum must be in [0, 1), got {self.bank_momentum}")
+        for key in ("directclr_dim", "fnc_top_k", "triplet_rank"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.num_negatives is not None and self.num_negatives <= 0:
+            raise ConfigError(f"num_negatives must be positive, got {self.num_negatives}")
+        if self.eqco_alpha is not None and self.eqco_alpha < 0:
+            raise ConfigError(f"eqco_alpha must be > 0 (or 0 to turn EqCo off), got {self.eqco_alpha}")
         known = ("fashion-mnist", "cifar10", "cifar100", "digits")
         if self.dataset not in known and not (self.dataset.startswith("folder:") and len(self.dataset) > 7):
             raise ConfigError(f"invalid dataset {self.dataset!r}; choose one of {', '.join(known)}, folder:PATH")

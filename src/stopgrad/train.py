@@ -141,8 +141,7 @@ def build(cfg: Config, data: ImageData | None = None) -> Setup:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     torch.manual_seed(cfg.seed)
-    model = build_method(cfg.method, backbone=cfg.backbone, in_channels=data.channels, width=cfg.width,
-                         head_preset=cfg.heads, policy=cfg.stopgrad, predictor=cfg.predictor).to(device)
+    model = build_method(cfg, data.channels).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]  # the momentum copy is frozen
@@ -153,12 +152,16 @@ def build(cfg: Config, data: ImageData | None = None) -> Setup:
 
 
 def train_step(s: Setup, views: torch.Tensor, partners: torch.Tensor, g: torch.Generator | None,
-               lr: float, momentum: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimisation step on ready views; returns the (detached) loss and statistics, on the device."""
+               lr: float, momentum: float, indices: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step on ready views; returns the (detached) loss and statistics, on the device.
+
+    ``indices`` are the batch's positions in the training set (for methods with a memory bank).
+    """
     for group in s.optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.amp):
-        loss, stats = s.forward(views, partners, g)
+        loss, stats = s.forward(views, partners, g, indices)
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     s.optimizer.step()
@@ -185,7 +188,7 @@ def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) ->
     order = torch.randperm(len(s.train_x), generator=g, device=s.device)
     partners = epoch_partners(s, g_cpu, steps)
     warmup = int(cfg.warmup_epochs * s.steps_per_epoch)
-    totals = torch.zeros(2, device=s.device)  # loss, collapse std
+    totals: dict[str, torch.Tensor] = {}  # loss and the method's statistics, summed on the device
     batches = iter_batches(s.train_x, order[:steps * cfg.batch_size], cfg.batch_size, s.device,
                            workers=cfg.workers)
     s.model.train()
@@ -193,13 +196,16 @@ def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) ->
         step = (epoch - 1) * s.steps_per_epoch + i
         lr = lr_at(step, s.total_steps, cfg.lr, cfg.lr_schedule, warmup)
         views = make_views(batch, cfg.views, recipe, mean, std, cfg.image_size, g, s.channels_last)
+        indices = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         loss, stats = train_step(s, views, partners[i], g, lr,
-                                 momentum_at(step, s.total_steps, cfg.ema_momentum, cfg.ema_schedule))
-        totals += torch.stack((loss.float(), stats["collapse_std"]))
+                                 momentum_at(step, s.total_steps, cfg.ema_momentum, cfg.ema_schedule), indices)
+        for key, value in {"loss": loss, **stats}.items():
+            totals[key] = totals[key] + value.detach().float() if key in totals else value.detach().float()
         if on_step is not None:
             on_step()
-    loss_mean, collapse = (totals / steps).tolist()
-    return {"loss": loss_mean, "collapse_std": collapse, "lr": lr}
+    names = list(totals)
+    means = (torch.stack([totals[k] for k in names]) / steps).tolist()  # the epoch's one host sync
+    return {**dict(zip(names, means)), "lr": lr}
 
 
 def _log(message: str, quiet: bool) -> None:

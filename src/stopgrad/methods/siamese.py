@@ -41,8 +41,8 @@ class Siamese(nn.Module):
         if self.target is not None:
             ema_update(self.target, nn.Sequential(self.backbone, self.projector), momentum)
 
-    def forward(self, views: torch.Tensor, partners: torch.Tensor,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, views: torch.Tensor, partners: torch.Tensor, generator: torch.Generator | None = None,
+                indices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss for one batch.
 
         Args:
@@ -51,6 +51,7 @@ class Siamese(nn.Module):
                 views are reused for the partner role (the equal-compute mode).
             partners: (B,) index of each image's partner, a derangement.
             generator: drives the ``random`` policy.
+            indices: unused (the images' training-set positions, for methods with a memory).
         Returns:
             (scalar loss, {"collapse_std": ...}) with the statistics still on the device.
         """
@@ -70,3 +71,10 @@ class Siamese(nn.Module):
         with torch.no_grad():  # collapse indicator: ~1/sqrt(D) when healthy, 0 when collapsed
             collapse_std = F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
         return loss, {"collapse_std": collapse_std}
+
+
+def build(cfg, in_channels: int) -> Siamese:
+    """SimSiam (``cfg.method == "simsiam"``) or BYOL, with ``cfg.stopgrad`` and ``cfg.predictor``."""
+    from . import backbone_and_heads
+    net, proj, pred = backbone_and_heads(cfg, in_channels, cfg.predictor)
+    return Siamese(net, proj, pred, cfg.stopgrad, momentum_target=(cfg.method == "byol"))
