@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU figure of docs/PERFORMANCE.md, one after another (nothing else should run meanwhile):
-#   bash benchmarks/cpu_report.sh OUT_DIR        (about 25 minutes on 2 cores)
+#   bash benchmarks/cpu_report.sh OUT_DIR        (about 30 minutes on 2 cores)
 set -euo pipefail
 out=${1:?give an output folder}
 mkdir -p "$out"
@@ -20,3 +20,10 @@ done
 # the default run, timed end to end
 /usr/bin/time -f "%e s wall" -o "$out/default-run-time.txt" $sg train --no-progress --out "$out/runs/default" > "$out/default-run.log"
 $py benchmarks/compare_policies.py --epochs 1 --markdown "$out/results-fashion-mnist.md" > "$out/compare.log"
+# layout, compilation and width (stopgrad's own step only)
+$sg bench --no-channels-last --no-conventional --no-knn --json "$out/bench-nchw.json" > /dev/null
+$sg bench --compile --no-conventional --no-knn --json "$out/bench-compile.json" > /dev/null
+$sg bench --width 32 --no-conventional --no-knn --json "$out/bench-width32.json" > /dev/null
+$sg train --epochs 1 --batch-size 64 --no-progress --out "$out/runs/batch64" > "$out/batch64.log"
+# decoding cost of streamed image folders
+$py benchmarks/decode.py > "$out/decode.md"

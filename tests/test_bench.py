@@ -54,7 +54,7 @@ def test_both_pipelines_give_the_same_step_on_the_same_views(digits, method, pol
 def test_bfloat16_autocast_path_runs_on_cpu(digits):
     """The CUDA fast path (bf16 autocast, channels-last) exercised on CPU: close to the fp32 loss."""
     base = {"dataset": "digits", "width": 8, "batch_size": 32}
-    s32 = build(build_config(overrides={**base, "amp": False}), digits)
+    s32 = build(build_config(overrides={**base, "amp": False, "channels_last": False}), digits)
     s16 = build(build_config(overrides={**base, "amp": True, "channels_last": True}), digits)
     assert s16.amp and s16.channels_last and not s32.amp and not s32.channels_last
     partners = torch.roll(torch.arange(32), 1)
@@ -113,7 +113,7 @@ def test_synthetic_data_shape():
 @pytest.mark.slow
 def test_compiled_model_gives_the_same_loss(digits):
     """--compile: torch.compile of the model computes the same step (~30 s of compilation on CPU)."""
-    base = {"dataset": "digits", "width": 4, "batch_size": 32, "stopgrad": "random"}
+    base = {"dataset": "digits", "width": 4, "batch_size": 32, "stopgrad": "random", "amp": False}
     eager = build(build_config(overrides=base), digits)
     compiled = build(build_config(overrides={**base, "compile": True}), digits)
     partners = torch.roll(torch.arange(32), 1)
@@ -122,3 +122,18 @@ def test_compiled_model_gives_the_same_loss(digits):
         a, _ = train_step(eager, views, partners, torch.Generator().manual_seed(1), 0.1, 0.99)
         b, _ = train_step(compiled, views, partners, torch.Generator().manual_seed(1), 0.1, 0.99)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_streams_an_image_folder(tmp_path):
+    """Both pipelines read a streamed folder: stopgrad through decoding workers, conventional per image."""
+    import numpy as np
+    from PIL import Image
+    for c in range(2):
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(40):
+            img = np.random.default_rng(c * 100 + i).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(img).save(tmp_path / f"c{c}" / f"{i}.png")
+    cfg = build_config(overrides={"dataset": f"folder:{tmp_path}", "image_size": 16, "stream": True, "workers": 0,
+                                  "width": 4, "batch_size": 16, "augment": "cifar"})
+    r = bench(cfg, steps=2, warmup=1, rounds=1, workers=0, knn=False, log=lambda m: None)
+    assert r["image_shape"] == [3, 16, 16] and r["train_img_per_s"] > 0 and r["conventional_train_img_per_s"] > 0

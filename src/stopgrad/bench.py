@@ -4,7 +4,7 @@ Both pipelines are timed in the same process on the same model, batch and device
 
 * **stopgrad** — the training loop itself (:func:`stopgrad.train.train_epoch`): the data set on
   the device as one uint8 tensor, all views augmented in one batched call, bfloat16 autocast and
-  channels-last on CUDA, fused/foreach SGD, no host synchronisation inside a step.
+  channels-last, fused/foreach SGD, no host synchronisation inside a step.
 * **conventional** — what most research scripts and libraries' CIFAR examples do: a PIL image per
   item, per-image torchvision transforms in DataLoader worker processes, fp32, contiguous
   tensors, default SGD. It computes the same loss (``tests/test_bench.py`` checks that a step

@@ -87,7 +87,7 @@ def _config_flags(p) -> None:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction,
                    help="bfloat16 autocast with fp32 weights (default: where the device has native bfloat16)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="NHWC memory format (default: on for CUDA, off on CPU)")
+                   help="NHWC memory format (default: on)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
     p.add_argument("--workers", type=int, help="decoding processes for streamed image folders")
     p.add_argument("--eval-every", type=_positive_int, metavar="EPOCHS")
@@ -208,12 +208,61 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _reproduce_parser(sub) -> None:
+    p = sub.add_parser("reproduce", help="run a paper experiment and write results.json, results.md and figures",
+                       description="Reproduce a paper's table or figure. --budget smoke is a minute on 2 CPU "
+                                   "cores (a pipeline check), cpu fits 2 cores in an hour or less, gpu is the "
+                                   "paper-scale setting on a CUDA device. `--list` names the experiments.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="experiment (see --list)")
+    p.add_argument("--list", action="store_true", help="list the experiments and their budgets")
+    p.add_argument("--budget", choices=("smoke", "cpu", "gpu"))
+    p.add_argument("--seeds", type=_positive_int, metavar="N", help="seeds 0..N-1 (default: the experiment's)")
+    p.add_argument("--out", metavar="DIR", help="output folder: new, empty, or holding this experiment's "
+                                                "results of the same budget (replaced)")
+
+
+def _cmd_reproduce(args) -> int:
+    import shlex
+
+    from .reproduce import list_experiments, run_experiment
+
+    if args.list:
+        for e in list_experiments():
+            print(f"{e['name']}: {e['title']}\n  paper: {e['paper']}\n  seeds: {e['default_seeds']} by default")
+            for budget, text in e["budgets"].items():
+                print(f"  --budget {budget}: {text}")
+        return 0
+    if not args.name:
+        raise ConfigError("give an experiment name; `stopgrad reproduce --list` lists them")
+    if not args.budget or not args.out:
+        raise ConfigError(f"give {' and '.join(f for f, v in (('--budget', args.budget), ('--out', args.out)) if not v)}"
+                          f", e.g. `stopgrad reproduce {args.name} --budget smoke --out results/{args.name}`")
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    from .reproduce import experiment_module
+    seeds = args.seeds if args.seeds is not None else experiment_module(args.name).DEFAULT_SEEDS
+    command = shlex.join(["stopgrad", "reproduce", args.name, "--budget", args.budget, "--seeds", str(seeds),
+                          "--out", args.out])
+    try:
+        record = run_experiment(args.name, args.budget, seeds, Path(args.out), command,
+                                log=lambda m: print(m, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print(f"stopgrad: interrupted; {args.out}/results.json says so; run the same command again to redo it",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print((Path(args.out) / "results.md").read_text())
+    print(f"wall time {record['wall_seconds']:.0f} s; results in {args.out}/ (results.json, results.md, "
+          f"{', '.join(record['figures'])})")
+    return 0
+
+
 def make_parser() -> Parser:
     parser = Parser(prog="stopgrad", description="Self-supervised representation learning with guided stop-gradient.")
     parser.add_argument("--version", action="version", version=f"stopgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _train_parser(sub)
     _bench_parser(sub)
+    _reproduce_parser(sub)
     ev = sub.add_parser("eval", help="evaluate a run's backbone")
     ev_sub = ev.add_subparsers(dest="evaluation", required=True, parser_class=Parser)
     knn = ev_sub.add_parser("knn", help="weighted kNN top-1 on un-augmented train/test images; prints JSON")
@@ -229,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     from .data.datasets import DataError
 
     args = make_parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "list": _cmd_list, "eval": _cmd_eval_knn, "bench": _cmd_bench}
+    handlers = {"train": _cmd_train, "list": _cmd_list, "eval": _cmd_eval_knn, "bench": _cmd_bench,
+                "reproduce": _cmd_reproduce}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError) as exc:

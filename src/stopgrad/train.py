@@ -3,7 +3,7 @@
 Data sets that fit live on the training device as one uint8 tensor and an epoch is a permutation
 of indices into it; image folders too large for that stream through decoding workers into the
 same path. Every step augments all views of its batch on the device in one call, runs the method
-(bfloat16 autocast where the device has native bfloat16, channels-last on CUDA), steps the optimiser (fused on CUDA, foreach on
+(bfloat16 autocast where the device has native bfloat16, channels-last layout), steps the optimiser (fused on CUDA, foreach on
 CPU) and then the momentum copy, in that order, written once here. Nothing in a step waits for
 the device: losses and statistics are summed on the device and read once per epoch.
 
@@ -76,11 +76,11 @@ def native_bfloat16(device: torch.device) -> bool:
 def speed_settings(cfg: Config, device: torch.device) -> tuple[bool, bool]:
     """(bfloat16 autocast, channels-last) for this config on this device.
 
-    Automatic: autocast wherever the device has native bfloat16 (CUDA; CPUs with AVX512-BF16 or
-    AMX), channels-last on CUDA only (it slows the small CPU convolutions down).
+    Automatic autocast (``amp: null``): wherever the device has native bfloat16 (CUDA; CPUs with
+    AVX512-BF16 or AMX).
     """
     amp = native_bfloat16(device) if cfg.amp is None else cfg.amp
-    return amp, (device.type == "cuda" if cfg.channels_last is None else cfg.channels_last)
+    return amp, cfg.channels_last
 
 
 def make_optimizer(params, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -142,6 +142,8 @@ def build(cfg: Config, data: ImageData | None = None) -> Setup:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     torch.manual_seed(cfg.seed)
     model = build_method(cfg, data.channels).to(device)
+    if hasattr(model, "set_num_images"):  # a per-image memory bank (instdisc) is sized by the training set
+        model.set_num_images(len(train_x))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]  # the momentum copy is frozen
@@ -177,7 +179,7 @@ def epoch_partners(s: Setup, g_cpu: torch.Generator, steps: int) -> torch.Tensor
 
 
 def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) -> dict[str, float]:
-    """One epoch of training; returns mean loss and collapse std (one host sync, at the end).
+    """One epoch of training; returns the means of the loss and the method's statistics (one host sync).
 
     ``steps`` stops after that many steps (benchmarks time the training loop this way).
     """

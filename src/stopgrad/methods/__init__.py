@@ -9,7 +9,8 @@ Every method is an ``nn.Module`` with the same interface, so the one training lo
   is a dict of scalar tensors left on the device (the loop averages them per epoch), always
   holding ``collapse_std``;
 * ``update_momentum(momentum)`` — called after every optimiser step (a no-op without a momentum
-  copy). State that must survive a resume (queues, memory banks) lives in registered buffers.
+  copy). State that must survive a resume (queues, memory banks) lives in registered buffers;
+* optionally ``set_num_images(n)`` — called once with the training-set size (memory banks).
 
 Builders take the run's :class:`~stopgrad.config.Config` and the number of image channels.
 """
@@ -31,6 +32,15 @@ if TYPE_CHECKING:
 _BUILDERS = {
     "simsiam": "siamese:build",
     "byol": "siamese:build",
+    "instdisc": "instdisc:build",
+    "moco-v2": "moco:build_v2",
+    "moco-v3": "moco:build_v3",
+    "simo": "simo:build",
+    "simclr": "simclr:build",
+    "end-to-end": "end_to_end:build",
+    "directclr": "directclr:build",
+    "fnc": "fnc:build",
+    "triplet": "triplet:build",
 }
 METHODS = tuple(_BUILDERS)
 

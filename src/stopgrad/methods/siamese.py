@@ -7,11 +7,11 @@ come from a momentum copy of backbone + projector that only :meth:`update_moment
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..ema import ema_update, momentum_copy
 from ..gsg import pair_loss
+from .common import collapse_std
 
 
 class Siamese(nn.Module):
@@ -68,9 +68,7 @@ class Siamese(nn.Module):
         role_b = slice(2, 4) if n_views == 4 else slice(0, 2)
         loss = pair_loss(p[:2], targets[:2], p[role_b][:, partners], targets[role_b][:, partners],
                          self.policy, generator)
-        with torch.no_grad():  # collapse indicator: ~1/sqrt(D) when healthy, 0 when collapsed
-            collapse_std = F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
-        return loss, {"collapse_std": collapse_std}
+        return loss, {"collapse_std": collapse_std(z)}  # ~1/sqrt(D) when healthy, 0 when collapsed
 
 
 def build(cfg, in_channels: int) -> Siamese:
