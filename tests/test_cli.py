@@ -7,20 +7,11 @@ import pytest
 import torch
 import yaml
 
-from stopgrad.cli import main
 from stopgrad.config import ConfigError, build_config, presets
 
 TINY = ["--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--width", "4", "--train-subset", "256",
         "--no-progress", "--knn-k", "20"]
 
-
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -40,18 +31,18 @@ def run_cli(capsys, *argv):
     (["--epochs", "two"], "expected a whole number"),
     (["--config", "no-such-preset"], "not found"),
 ])
-def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, argv, needle):
-    code, out, err = run_cli(capsys, "train", "--out", str(tmp_path / "run"), *argv)
+def test_bad_input_is_one_line_and_exit_code_2(run_cli, tmp_path, argv, needle):
+    code, out, err = run_cli("train", "--out", str(tmp_path / "run"), *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written
 
 
-def test_unknown_yaml_key_names_the_closest_key(tmp_path, capsys):
+def test_unknown_yaml_key_names_the_closest_key(tmp_path, run_cli):
     preset = tmp_path / "p.yaml"
     preset.write_text("method: simsiam\nlearning_rate: 0.1\n")
-    code, _, err = run_cli(capsys, "train", "--config", str(preset))
+    code, _, err = run_cli("train", "--config", str(preset))
     assert code == 2 and "unknown key 'learning_rate'" in err and len(err.strip().splitlines()) == 1
     preset.write_text("lr: 0.1\nbackbone_name: x\n")
     with pytest.raises(ConfigError, match="did you mean 'backbone'"):
@@ -75,17 +66,17 @@ def test_flags_override_the_preset():
     assert cfg.lr == 0.5 and cfg.backbone == "resnet18-cifar" and cfg.method == "simsiam"
 
 
-def test_list_shows_everything(capsys):
-    code, out, _ = run_cli(capsys, "list")
+def test_list_shows_everything(run_cli):
+    code, out, _ = run_cli("list")
     assert code == 0
     for word in ("simsiam", "byol", "guided", "reverse", "symmetric", "random", "fashion-mnist", "cifar100",
                  "folder:PATH", "small-cnn", "resnet18-cifar", "resnet50", "fashion-mnist/byol-gsg"):
         assert word in out
 
 
-def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, capsys):
+def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, run_cli):
     run = tmp_path / "run"
-    code, out, err = run_cli(capsys, "train", *TINY, "--out", str(run))
+    code, out, err = run_cli("train", *TINY, "--out", str(run))
     assert code == 0, err
     assert "kNN top-1:" in out and f"run directory: {run}" in out
     record = yaml.safe_load((run / "config.yaml").read_text())
@@ -106,25 +97,25 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, capsy
     net = build_backbone("small-cnn", 1, 4)
     net.load_state_dict(load_file(str(run / "backbone.safetensors")))
     # eval knn re-creates the final kNN of the run
-    code, out, _ = run_cli(capsys, "eval", "knn", "--run", str(run), "--k", "20")
+    code, out, _ = run_cli("eval", "knn", "--run", str(run), "--k", "20")
     assert code == 0
     result = json.loads(out)
     assert result["bank"] == 256 and result["queries"] == 360
     assert result["knn_top1"] == pytest.approx(rows[1]["knn_top1"], abs=1e-6)
-    assert json.loads(run_cli(capsys, "eval", "knn", "--run", str(run), "--k", "1")[1])["k"] == 1
+    assert json.loads(run_cli("eval", "knn", "--run", str(run), "--k", "1")[1])["k"] == 1
     # a second train into the same folder is refused and leaves it as it was
     before = (run / "metrics.jsonl").read_text()
-    code, _, err = run_cli(capsys, "train", *TINY, "--out", str(run))
+    code, _, err = run_cli("train", *TINY, "--out", str(run))
     assert code == 2 and "already holds a run" in err
     assert (run / "metrics.jsonl").read_text() == before
 
 
-def test_resume_refuses_other_flags_and_non_runs(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path), "--lr", "0.1")
+def test_resume_refuses_other_flags_and_non_runs(tmp_path, run_cli):
+    code, _, err = run_cli("train", "--resume", str(tmp_path), "--lr", "0.1")
     assert code == 2 and "drop --lr" in err
-    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path))
+    code, _, err = run_cli("train", "--resume", str(tmp_path))
     assert code == 2 and "not a run directory" in err
-    code, _, err = run_cli(capsys, "eval", "knn", "--run", str(tmp_path))
+    code, _, err = run_cli("eval", "knn", "--run", str(tmp_path))
     assert code == 2 and "not a run directory" in err
 
 

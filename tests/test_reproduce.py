@@ -5,23 +5,14 @@ import math
 import pytest
 import torch
 
-from stopgrad.cli import main
 from stopgrad.config import ConfigError
 from stopgrad.reproduce import EXPERIMENTS, check_out_dir, format_mean_std, mean_std, run_jobs
 from stopgrad.reproduce import eqco_toy
 
 
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
-
-def test_list_names_every_experiment_and_its_budgets(capsys):
-    code, out, err = run_cli(capsys, "reproduce", "--list")
+def test_list_names_every_experiment_and_its_budgets(run_cli):
+    code, out, err = run_cli("reproduce", "--list")
     assert code == 0 and err == ""
     for name in EXPERIMENTS:
         assert f"{name}: " in out
@@ -29,9 +20,9 @@ def test_list_names_every_experiment_and_its_budgets(capsys):
         assert f"--budget {budget}: " in out
 
 
-def test_eqco_toy_smoke_end_to_end(capsys, tmp_path):
+def test_eqco_toy_smoke_end_to_end(run_cli, tmp_path):
     out_dir = tmp_path / "eqco"
-    code, out, err = run_cli(capsys, "reproduce", "eqco-toy", "--budget", "smoke", "--seeds", "2",
+    code, out, err = run_cli("reproduce", "eqco-toy", "--budget", "smoke", "--seeds", "2",
                              "--out", str(out_dir))
     assert code == 0, err
     command = f"stopgrad reproduce eqco-toy --budget smoke --seeds 2 --out {out_dir}"
@@ -170,17 +161,17 @@ def test_mean_std_over_seeds():
     (["eqco-toy"], "give --budget"),
     ([], "give an experiment name"),
 ])
-def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, argv, needle):
+def test_bad_input_is_one_line_and_exit_code_2(run_cli, tmp_path, argv, needle):
     out_dir = tmp_path / "out"
-    code, out, err = run_cli(capsys, "reproduce", *argv, "--out", str(out_dir))
+    code, out, err = run_cli("reproduce", *argv, "--out", str(out_dir))
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
     assert not out_dir.exists()  # nothing written
 
 
-def test_missing_out_is_an_error(capsys):
-    code, _, err = run_cli(capsys, "reproduce", "eqco-toy", "--budget", "smoke")
+def test_missing_out_is_an_error(run_cli):
+    code, _, err = run_cli("reproduce", "eqco-toy", "--budget", "smoke")
     assert code == 2 and "give --out" in err and len(err.strip().splitlines()) == 1
 
 
@@ -188,7 +179,7 @@ def test_missing_out_is_an_error(capsys):
     ({"experiment": "gsg-cifar10", "budget": "smoke"}, "holds results of experiment 'gsg-cifar10'"),
     (None, "holds no `stopgrad reproduce` results"),
 ])
-def test_out_folder_with_other_contents_is_refused(capsys, tmp_path, content, needle):
+def test_out_folder_with_other_contents_is_refused(run_cli, tmp_path, content, needle):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     if content is None:
@@ -196,22 +187,22 @@ def test_out_folder_with_other_contents_is_refused(capsys, tmp_path, content, ne
     else:
         (out_dir / "results.json").write_text(json.dumps(content))
     before = sorted((p.name, p.read_text()) for p in out_dir.iterdir())
-    code, _, err = run_cli(capsys, "reproduce", "eqco-toy", "--budget", "smoke", "--out", str(out_dir))
+    code, _, err = run_cli("reproduce", "eqco-toy", "--budget", "smoke", "--out", str(out_dir))
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert sorted((p.name, p.read_text()) for p in out_dir.iterdir()) == before  # untouched
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
-def test_gpu_budget_without_cuda_is_an_error(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "reproduce", "eqco-toy", "--budget", "gpu", "--out", str(tmp_path / "o"))
+def test_gpu_budget_without_cuda_is_an_error(run_cli, tmp_path):
+    code, _, err = run_cli("reproduce", "eqco-toy", "--budget", "gpu", "--out", str(tmp_path / "o"))
     assert code == 2 and "needs a CUDA device" in err and not (tmp_path / "o").exists()
 
 
-def test_eqco_k_smoke_trains_every_configuration(capsys, tmp_path):
+def test_eqco_k_smoke_trains_every_configuration(run_cli, tmp_path):
     """eqco-k runs the training loop per (method, K, EqCo on/off, seed); EqCo shifts the positive by T log(alpha/K)."""
     from stopgrad.reproduce import eqco_k
     out_dir = tmp_path / "eqk"
-    code, out, err = run_cli(capsys, "reproduce", "eqco-k", "--budget", "smoke", "--seeds", "1", "--out", str(out_dir))
+    code, out, err = run_cli("reproduce", "eqco-k", "--budget", "smoke", "--seeds", "1", "--out", str(out_dir))
     assert code == 0, err
     record = json.loads((out_dir / "results.json").read_text())
     s = eqco_k.SETTINGS["smoke"]

@@ -7,6 +7,7 @@ import torch
 from stopgrad.config import build_config
 from stopgrad.data import load_dataset
 from stopgrad.data.datasets import DataError
+from stopgrad.methods import METHODS
 from stopgrad.train import train
 
 COMPARED = ("epoch", "step", "loss", "lr", "knn_top1", "collapse_std")
@@ -55,3 +56,15 @@ def test_byol_gsg_learns_on_fashion_mnist(tmp_path):
     init, final = result["knn_top1_init"], result["knn_top1"]
     assert final > init + 0.015, (init, final)
     assert result["metrics"][-1]["collapse_std"] > 0.5 / 512 ** 0.5  # not collapsed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_from_the_cli_on_fashion_mnist(tmp_path, method, run_cli):
+    fashion_mnist()  # skips when the data set is not installed
+    code, out, err = run_cli("train", "--method", method, "--train-subset", "1024", "--batch-size", "128",
+                             "--epochs", "1", "--width", "4", "--knn-k", "20", "--no-progress",
+                             "--out", str(tmp_path / method))
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["epoch"] == 1 and 0 < rows[-1]["knn_top1"] <= 1 and torch.isfinite(torch.tensor(rows[-1]["loss"]))

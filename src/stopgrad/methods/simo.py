@@ -10,7 +10,7 @@ Defaults (``cfg`` keys): K = ``num_negatives``, default all B - 1 other images (
 query with 256 queries); when K < B - 1 each query draws its own K negatives without replacement
 (``generator`` when given). ``eqco_alpha``: None means 256, 0 turns EqCo off. The paper's
 default alpha for SiMo is 256: Sec. 3 (Fig. 4) keeps the accuracy of the large-K baseline at very
-small K "by setting [alpha] to 256" (the symbol is lost in our text, the value is legible), and
+small K "by setting [alpha] to 256" (the symbol is garbled in the paper's text, the value legible), and
 256 is the first and reference column of its alpha ablation (Table 3: alpha = 256 ... 65536 gives
 68.0 ... 68.5 %; 65536 is best, 256 is the setting the method is introduced with).
 """

@@ -26,7 +26,7 @@ KS = (4, 16, 64, 256)
 SETTINGS = {
     "smoke": dict(dataset="digits", methods=("simo",), ks=(4, 16), epochs=1, batch_size=64, lr=0.2, width=4,
                   train_subset=None, knn_k=20),
-    "cpu": dict(dataset="fashion-mnist", methods=("simo", "moco-v2"), ks=KS, epochs=1, batch_size=512, lr=0.8,
+    "cpu": dict(dataset="fashion-mnist", methods=("simo", "moco-v2"), ks=KS, epochs=1, batch_size=512, lr=0.4,
                 width=16, train_subset=30000, knn_k=200),
     "gpu": dict(dataset="cifar10", methods=("simo", "moco-v2"), ks=KS, epochs=200, batch_size=512, lr=0.06,
                 width=16, train_subset=None, knn_k=200, backbone="resnet18-cifar", heads="cifar", augment="cifar"),
@@ -34,7 +34,7 @@ SETTINGS = {
 BUDGETS = {
     "smoke": "SiMo on scikit-learn digits, K in {4, 16}, one epoch at width 4: a pipeline check, not a result",
     "cpu": "SiMo and MoCo v2 on 30,000 Fashion-MNIST images, K in {4, 16, 64, 256}, one epoch, batch 512 "
-           "(lr 0.8: the default 0.2 scaled linearly with the batch), small CNN width 16",
+           "(lr 0.4: the default 0.2 scaled with the square root of the batch), small CNN width 16",
     "gpu": "SiMo and MoCo v2 on CIFAR-10 with the CIFAR ResNet-18, 200 epochs, batch 512, lr 0.06, "
            "K in {4, 16, 64, 256} (needs the CIFAR-10 files)",
 }
@@ -92,11 +92,11 @@ def _table(configurations: list[dict], s: dict, seeds: list[int]) -> str:
             label = f"{method}, {'EqCo (α = %d)' % ALPHA if eqco else 'InfoNCE'}"
             rows.append([label] + [format_mean_std([100 * v for v in by[(method, k, eqco)]["knn_top1"]])
                                    for k in s["ks"]])
-    init = [c["runs"][0]["knn_top1_init"] for c in configurations[:1]]
+    init = [run["knn_top1_init"] for run in configurations[0]["runs"]]  # per seed, the same for every row
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
     head = markdown_table(["kNN top-1 (%)"] + [f"K = {k}" for k in s["ks"]], rows)
     return f"{head}\n\nkNN top-1 on the test set after training, {spread}; the untrained backbone: " \
-           f"{100 * init[0]:.2f}%."
+           f"{format_mean_std([100 * v for v in init])}%."
 
 
 def _notes(s: dict) -> list[str]:
