@@ -63,8 +63,8 @@ def _config_flags(p) -> None:
     c.add_argument("--fnc-mode", choices=("elimination", "attraction"), help="FNC: what to do with false negatives")
     c.add_argument("--fnc-top-k", type=_positive_int, help="FNC: false negatives per anchor")
     c.add_argument("--triplet-rank", type=_positive_int, help="truncated triplet: rank of the deputy negative")
-    c.add_argument("--triplet-smoothed", action="store_const", const=True,
-                   help="truncated triplet: mean of ranks 2..2k+1")
+    c.add_argument("--triplet-smoothed", action=argparse.BooleanOptionalAction,
+                   help="truncated triplet: mean of ranks 2..2k+1 instead of the rank-k negative")
     c.add_argument("--triplet-margin", type=float)
     p.add_argument("--dataset", metavar="{fashion-mnist,cifar10,cifar100,digits,folder:PATH}")
     p.add_argument("--data-dir", help="folder holding the data set's files")
