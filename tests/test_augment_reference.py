@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from stopgrad.data import RECIPES, AugmentRecipe, apply_params, sample_params
-from stopgrad.data.augment import sample_crop_boxes
+from stopgrad.data.augment import blur_kernel_size, sample_crop_boxes
 
 N = 4000
 
@@ -83,7 +83,7 @@ def _reference_view(img, p, i, recipe, size):
         if p.gray[i]:
             y = TF.rgb_to_grayscale(y, num_output_channels=3)
     if p.sigma[i] > 0:
-        k = max(3, int(0.1 * size) // 2 * 2 + 1)
+        k = blur_kernel_size(size)
         y = TF.gaussian_blur(y, [k, k], [float(p.sigma[i])] * 2)
     return y
 

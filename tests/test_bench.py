@@ -34,7 +34,7 @@ def test_both_pipelines_give_the_same_step_on_the_same_views(digits, method, pol
     cfg = build_config(overrides={"method": method, "stopgrad": policy, "dataset": "digits", "width": 8,
                                   "batch_size": 32, "channels_last": channels_last, "amp": False})
     s = build(cfg, digits)
-    model, opt = conventional_model(cfg, digits.channels, torch.device("cpu"))
+    model, opt = conventional_model(cfg, digits.channels, torch.device("cpu"), len(digits.train_x))
     assert all(torch.equal(a, b) for a, b in zip(s.model.state_dict().values(), model.state_dict().values()))
     views, fast_views = _views(s), _views(s, channels_last=channels_last)
     assert torch.equal(views, fast_views)

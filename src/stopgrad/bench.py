@@ -30,9 +30,8 @@ from .data.augment import reference_transform
 from .data.datasets import ImageData
 from .evaluate.knn import knn_classify
 from .gsg import derangement
-from .methods import build_method
 from .data.stream import iter_batches
-from .train import build, epoch_generators, make_views, train_epoch, train_step
+from .train import build, epoch_generators, make_views, new_model, train_epoch, train_step
 
 
 def synthetic_data(shape: str, n: int) -> ImageData:
@@ -50,7 +49,7 @@ def synthetic_data(shape: str, n: int) -> ImageData:
 
 
 class PerImageViews(torch.utils.data.Dataset):
-    """The conventional data path: item i is ``views`` independently transformed views of image i."""
+    """The conventional data path: item i is (``views`` independently transformed views of image i, i)."""
 
     def __init__(self, images, transform, views: int):
         self.images, self.transform, self.views = images, transform, views
@@ -61,17 +60,16 @@ class PerImageViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         from PIL import Image
         x = self.images[i]  # an array, or a decoded (3, S, S) tensor for streamed folders
         img = Image.fromarray(x if isinstance(x, np.ndarray) else x.permute(1, 2, 0).numpy())
-        return torch.stack([self.transform(img) for _ in range(self.views)])
+        return torch.stack([self.transform(img) for _ in range(self.views)]), i
 
 
-def conventional_model(cfg: Config, channels: int, device: torch.device):
+def conventional_model(cfg: Config, channels: int, device: torch.device, num_images: int):
     """The model and a default-settings SGD, as the conventional pipeline builds them (fp32, NCHW)."""
-    torch.manual_seed(cfg.seed)
-    model = build_method(cfg, channels).to(device)
+    model = new_model(cfg, channels, num_images, device)
     params = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
 
@@ -148,7 +146,8 @@ def _flops(s, views, partners, g) -> tuple[float, float]:
     """(FLOPs of one training step, backbone multiply-accumulates per image forward)."""
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
-        train_step(s, views, partners, g, s.cfg.lr, s.cfg.ema_momentum)
+        train_step(s, views, partners, g, s.cfg.lr, s.cfg.ema_momentum,
+                   torch.arange(len(partners), device=partners.device))
     step = counter.get_total_flops()
     s.model.backbone.eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -255,7 +254,7 @@ def _conventional_rate(cfg: Config, d: ImageData, dev: torch.device, steps: int,
         PerImageViews(train_x, transform, cfg.views), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
         num_workers=workers, pin_memory=dev.type == "cuda", persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed))
-    model, opt = conventional_model(cfg, train_x.shape[1], dev)
+    model, opt = conventional_model(cfg, train_x.shape[1], dev, len(train_x))
     model.train()
     g_cpu = torch.Generator().manual_seed(cfg.seed)
     batches = iter(loader)
@@ -263,9 +262,10 @@ def _conventional_rate(cfg: Config, d: ImageData, dev: torch.device, steps: int,
         torch.cuda.reset_peak_memory_stats(dev)
 
     def step() -> None:
-        views = next(batches).to(dev, non_blocking=True).transpose(0, 1)  # (V, B, C, H, W)
+        views, indices = next(batches)
+        views = views.to(dev, non_blocking=True).transpose(0, 1)  # (V, B, C, H, W)
         partners = derangement(cfg.batch_size, g_cpu).to(dev)
-        conventional_step(model, opt, views, partners, cfg.lr, cfg.ema_momentum)
+        conventional_step(model, opt, views, partners, cfg.lr, cfg.ema_momentum, indices=indices.to(dev))
 
     for _ in range(warmup):
         step()

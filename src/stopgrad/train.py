@@ -3,9 +3,10 @@
 Data sets that fit live on the training device as one uint8 tensor and an epoch is a permutation
 of indices into it; image folders too large for that stream through decoding workers into the
 same path. Every step augments all views of its batch on the device in one call, runs the method
-(bfloat16 autocast where the device has native bfloat16, channels-last layout), steps the optimiser (fused on CUDA, foreach on
-CPU) and then the momentum copy, in that order, written once here. Nothing in a step waits for
-the device: losses and statistics are summed on the device and read once per epoch.
+(bfloat16 autocast where the device has native bfloat16, channels-last layout), steps the
+optimiser (fused on CUDA, foreach on CPU) and then the momentum copy, in that order, written
+once here. Nothing in a step waits for the device: losses and statistics are summed on the
+device and read once per epoch.
 
 Each epoch draws its shuffling, augmentation and partners from generators seeded by (seed, epoch),
 so a run resumed from an epoch checkpoint repeats the uninterrupted run exactly.
@@ -73,14 +74,9 @@ def native_bfloat16(device: torch.device) -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
-def speed_settings(cfg: Config, device: torch.device) -> tuple[bool, bool]:
-    """(bfloat16 autocast, channels-last) for this config on this device.
-
-    Automatic autocast (``amp: null``): wherever the device has native bfloat16 (CUDA; CPUs with
-    AVX512-BF16 or AMX).
-    """
-    amp = native_bfloat16(device) if cfg.amp is None else cfg.amp
-    return amp, cfg.channels_last
+def use_amp(cfg: Config, device: torch.device) -> bool:
+    """bfloat16 autocast for this config on this device; ``amp: null`` means wherever bfloat16 is native."""
+    return native_bfloat16(device) if cfg.amp is None else cfg.amp
 
 
 def make_optimizer(params, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -127,6 +123,15 @@ class Setup:
                         self.cfg.image_size, self.cfg.knn_k, self.cfg.knn_temperature)
 
 
+def new_model(cfg: Config, in_channels: int, num_images: int, device: torch.device) -> torch.nn.Module:
+    """The run's method, initialised from ``cfg.seed``, on ``device``."""
+    torch.manual_seed(cfg.seed)
+    model = build_method(cfg, in_channels).to(device)
+    if hasattr(model, "set_num_images"):  # a per-image memory bank (instdisc) is sized by the training set
+        model.set_num_images(num_images)
+    return model
+
+
 def build(cfg: Config, data: ImageData | None = None) -> Setup:
     cfg.validate()
     device = pick_device(cfg.device)
@@ -137,13 +142,10 @@ def build(cfg: Config, data: ImageData | None = None) -> Setup:
     steps = len(train_x) // cfg.batch_size
     if steps == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train_x)} training images; lower --batch-size")
-    amp, channels_last = speed_settings(cfg, device)
+    amp, channels_last = use_amp(cfg, device), cfg.channels_last
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
-    torch.manual_seed(cfg.seed)
-    model = build_method(cfg, data.channels).to(device)
-    if hasattr(model, "set_num_images"):  # a per-image memory bank (instdisc) is sized by the training set
-        model.set_num_images(len(train_x))
+    model = new_model(cfg, data.channels, len(train_x), device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]  # the momentum copy is frozen

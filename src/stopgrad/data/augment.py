@@ -182,10 +182,15 @@ def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nij,njhw->nihw", m, x)
 
 
+def blur_kernel_size(side: int) -> int:
+    """Gaussian-blur kernel size for images of this side: ~10% of it, odd, at least 3 (23 at 224)."""
+    return max(3, int(0.1 * side) // 2 * 2 + 1)
+
+
 def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample Gaussian blur with std ``sigma`` (0 = none), kernel ~10% of the side, reflect padding."""
+    """Per-sample Gaussian blur with std ``sigma`` (0 = none), reflect padding."""
     n, c, hgt, wid = x.shape
-    k = max(3, int(0.1 * wid) // 2 * 2 + 1)  # odd (23 at 224)
+    k = blur_kernel_size(wid)
     offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
     s = sigma.to(x.dtype).clamp(min=1e-6)[:, None]
     kernel = torch.exp(-offsets[None] ** 2 / (2 * s ** 2))
@@ -273,7 +278,6 @@ def reference_transform(recipe: AugmentRecipe, size: int, mean, std, channels: i
     if channels == 3 and recipe.gray_p > 0:
         ops.append(T.RandomGrayscale(recipe.gray_p))
     if recipe.blur_p > 0:
-        k = max(3, int(0.1 * size) // 2 * 2 + 1)
-        ops.append(T.RandomApply([T.GaussianBlur(k, recipe.blur_sigma)], p=recipe.blur_p))
+        ops.append(T.RandomApply([T.GaussianBlur(blur_kernel_size(size), recipe.blur_sigma)], p=recipe.blur_p))
     ops += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(ops)
