@@ -14,6 +14,7 @@ so a run resumed from an epoch checkpoint repeats the uninterrupted run exactly.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ class Setup:
     device: torch.device
     data: ImageData
     train_x: torch.Tensor  # uint8 on the device, or a FolderImages streamed from disk
-    train_y: torch.Tensor
+    train_y: torch.Tensor  # labels, on the device (the statistics read them; no loss does)
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     steps_per_epoch: int
@@ -151,21 +152,22 @@ def build(cfg: Config, data: ImageData | None = None) -> Setup:
     trainable = [p for p in model.parameters() if p.requires_grad]  # the momentum copy is frozen
     optimizer = make_optimizer(trainable, cfg, device)
     forward = torch.compile(model) if cfg.compile else model
-    return Setup(cfg, device, data, train_x.to(device), train_y, model, optimizer, steps, forward, amp,
+    return Setup(cfg, device, data, train_x.to(device), train_y.to(device), model, optimizer, steps, forward, amp,
                  channels_last)
 
 
 def train_step(s: Setup, views: torch.Tensor, partners: torch.Tensor, g: torch.Generator | None,
-               lr: float, momentum: float, indices: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               lr: float, momentum: float, indices: torch.Tensor | None = None,
+               labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step on ready views; returns the (detached) loss and statistics, on the device.
 
-    ``indices`` are the batch's positions in the training set (for methods with a memory bank).
+    ``indices`` are the batch's positions in the training set (for methods with a memory bank),
+    ``labels`` its labels (for the statistics only).
     """
     for group in s.optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.amp):
-        loss, stats = s.forward(views, partners, g, indices)
+        loss, stats = s.forward(views, partners, g, indices, labels)
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     s.optimizer.step()
@@ -183,6 +185,9 @@ def epoch_partners(s: Setup, g_cpu: torch.Generator, steps: int) -> torch.Tensor
 def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) -> dict[str, float]:
     """One epoch of training; returns the means of the loss and the method's statistics (one host sync).
 
+    A statistic that is NaN for a batch (e.g. FN similarity of a batch with no two images of a
+    class) is averaged over the other batches.
+
     ``steps`` stops after that many steps (benchmarks time the training loop this way).
     """
     cfg = s.cfg
@@ -193,6 +198,7 @@ def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) ->
     partners = epoch_partners(s, g_cpu, steps)
     warmup = int(cfg.warmup_epochs * s.steps_per_epoch)
     totals: dict[str, torch.Tensor] = {}  # loss and the method's statistics, summed on the device
+    counts: dict[str, torch.Tensor] = {}  # batches where each was defined (not NaN)
     batches = iter_batches(s.train_x, order[:steps * cfg.batch_size], cfg.batch_size, s.device,
                            workers=cfg.workers)
     s.model.train()
@@ -202,14 +208,19 @@ def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) ->
         views = make_views(batch, cfg.views, recipe, mean, std, cfg.image_size, g, s.channels_last)
         indices = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         loss, stats = train_step(s, views, partners[i], g, lr,
-                                 momentum_at(step, s.total_steps, cfg.ema_momentum, cfg.ema_schedule), indices)
+                                 momentum_at(step, s.total_steps, cfg.ema_momentum, cfg.ema_schedule), indices,
+                                 s.train_y[indices])
         for key, value in {"loss": loss, **stats}.items():
-            totals[key] = totals[key] + value.detach().float() if key in totals else value.detach().float()
+            value = value.detach().float()
+            defined = ~value.isnan()
+            value = value.nan_to_num(0.0)
+            totals[key] = totals[key] + value if key in totals else value
+            counts[key] = counts[key] + defined if key in counts else defined.float()
         if on_step is not None:
             on_step()
     names = list(totals)
-    means = (torch.stack([totals[k] for k in names]) / steps).tolist()  # the epoch's one host sync
-    return {**dict(zip(names, means)), "lr": lr}
+    means = (torch.stack([totals[k] for k in names]) / torch.stack([counts[k] for k in names])).tolist()  # one sync
+    return {**{k: None if math.isnan(v) else v for k, v in zip(names, means)}, "lr": lr}
 
 
 def _log(message: str, quiet: bool) -> None:

@@ -3,10 +3,12 @@
 Every method is an ``nn.Module`` with the same interface, so the one training loop runs them all:
 
 * ``backbone`` — the encoder whose features are evaluated and saved;
-* ``forward(views, partners, generator=None, indices=None) -> (loss, stats)`` — ``views`` is
-  (V, B, C, H, W), ``partners`` (B,) a derangement (used by the stop-gradient policies),
-  ``indices`` (B,) the images' positions in the training set (used by memory banks); ``stats``
-  is a dict of scalar tensors left on the device (the loop averages them per epoch), always
+* ``forward(views, partners, generator=None, indices=None, labels=None) -> (loss, stats)`` —
+  ``views`` is (V, B, C, H, W), ``partners`` (B,) a derangement (used by the stop-gradient
+  policies), ``indices`` (B,) the images' positions in the training set (used by memory banks),
+  ``labels`` (B,) their labels when the data set has them, read only by the statistics
+  (:func:`~stopgrad.methods.common.embedding_stats`: TP / FN similarity); ``stats`` is a dict of
+  scalar tensors left on the device (the loop averages them per epoch, skipping NaN), always
   holding ``collapse_std``;
 * ``update_momentum(momentum)`` — called after every optimiser step (a no-op without a momentum
   copy). State that must survive a resume (queues, memory banks) lives in registered buffers;

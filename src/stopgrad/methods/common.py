@@ -11,6 +11,13 @@ Statistics (scalar tensors left on the device; the training loop averages them p
   batch's mean per-query InfoNCE loss (the plain cross-entropy, before any method-specific scale
   such as MoCo v3's 2T). With EqCo's rule m = T log(alpha / K) it reads log alpha - L.
 * ``margin`` (the InfoNCE methods): m.
+* ``tp_similarity``, ``fn_similarity``, ``tn_similarity`` (every method, when the training loop
+  passes the batch's labels): mean cosine similarity, in the projection space, of an anchor (view
+  1 of an image) and its true positive (view 2 of the same image); of the anchor and view 2 of the
+  other images of the batch that share its label (the "false negatives" a contrastive loss pushes
+  away, SPCL's Table 2); and of the anchor and view 2 of the images with another label. NaN for a
+  batch that has no such pair (the loop averages over the batches that have one). Labels are read
+  only here, for monitoring: no loss sees them.
 """
 from __future__ import annotations
 
@@ -39,14 +46,41 @@ def collapse_std(z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def contrast_stats(loss: torch.Tensor, k: int, margin: float, temperature: float,
-                   online: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``mi_bound``, ``margin`` and ``collapse_std`` of an InfoNCE method (see the module docstring).
+def view_similarities(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``tp_similarity``, ``fn_similarity``, ``tn_similarity`` of two (B, D) views of B images with
+    labels (B,) (see the module docstring); computed on the device, NaN where a batch has no pair."""
+    sim = F.normalize(z1.detach().float(), dim=1) @ F.normalize(z2.detach().float(), dim=1).T  # (B, B)
+    own = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
+    same = labels[:, None] == labels[None, :]
 
-    ``loss``: L, the mean per-query InfoNCE; ``online``: the (N, D) online embeddings of all views.
+    def mean_over(mask: torch.Tensor) -> torch.Tensor:
+        return (sim * mask).sum() / mask.sum()  # 0 / 0 = NaN when the batch has no such pair
+
+    return {"tp_similarity": sim.diagonal().mean(), "fn_similarity": mean_over(same & ~own),
+            "tn_similarity": mean_over(~same)}
+
+
+@torch.no_grad()
+def embedding_stats(z: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Statistics of the (V*B, D) view-major online embeddings ``z`` of a batch: ``collapse_std``
+    and, with the batch's (B,) ``labels``, the similarities of :func:`view_similarities` between
+    views 1 and 2 (rows 0..B-1 and B..2B-1)."""
+    stats = {"collapse_std": collapse_std(z)}
+    if labels is not None:
+        b = len(labels)
+        stats.update(view_similarities(z[:b], z[b:2 * b], labels))
+    return stats
+
+
+@torch.no_grad()
+def contrast_stats(loss: torch.Tensor, k: int, margin: float, temperature: float,
+                   online: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``mi_bound``, ``margin`` and :func:`embedding_stats` of an InfoNCE method (see the module docstring).
+
+    ``loss``: L, the mean per-query InfoNCE; ``online``: the (V*B, D) view-major online embeddings.
     """
     mi_bound = math.log(k) + margin / temperature - loss.detach()
-    return {"mi_bound": mi_bound, "margin": torch.full_like(mi_bound, margin), "collapse_std": collapse_std(online)}
+    return {"mi_bound": mi_bound, "margin": torch.full_like(mi_bound, margin), **embedding_stats(online, labels)}
 
 
 def float32_loss(x: torch.Tensor):
@@ -86,14 +120,16 @@ class InBatchContrastive(nn.Module):
         raise NotImplementedError
 
     def forward(self, views: torch.Tensor, partners: torch.Tensor, generator: torch.Generator | None = None,
-                indices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """:meth:`contrast` of views 0 and 1 ((V, B, C, H, W)); ``partners``, ``generator``, ``indices`` unused."""
+                indices: torch.Tensor | None = None, labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`contrast` of views 0 and 1 ((V, B, C, H, W)); ``partners``, ``generator``, ``indices`` unused,
+        ``labels`` for the statistics only."""
         (z1, z2), raw = self.embed(views)
         k = self.negatives(len(z1))
         margin = resolve_margin(self.temperature, self.eqco_alpha, k)
         with float32_loss(z1):
             loss = self.contrast(z1, z2, margin)
-        return loss, contrast_stats(loss, k, margin, self.temperature, raw)
+        return loss, contrast_stats(loss, k, margin, self.temperature, raw, labels)
 
     @torch.no_grad()
     def update_momentum(self, momentum: float) -> None:

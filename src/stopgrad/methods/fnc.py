@@ -47,9 +47,10 @@ class FNC(InBatchContrastive):
         return 2 * batch - 2 - (self.top_k if self.mode == "elimination" else 0)  # attraction keeps them all
 
     def forward(self, views: torch.Tensor, partners: torch.Tensor, generator: torch.Generator | None = None,
-                indices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                indices: torch.Tensor | None = None, labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """NT-Xent of views 0 and 1 with false negatives found from views 0-3 (or 0-1 with two views);
-        ``partners``, ``generator``, ``indices`` unused."""
+        ``partners``, ``generator``, ``indices`` unused; ``labels`` only reach the statistics."""
         z, raw = self.embed(views, n_views=4)  # one encoder call for every view
         z1, z2 = z[0], z[1]
         support = z.detach()  # only for finding false negatives: a discrete choice, no gradient
@@ -62,7 +63,7 @@ class FNC(InBatchContrastive):
             else:
                 with torch.no_grad():
                     positive_term = nt_xent_margin(z1, z2, self.temperature, margin)
-        return loss, contrast_stats(positive_term, negatives, margin, self.temperature, raw)
+        return loss, contrast_stats(positive_term, negatives, margin, self.temperature, raw, labels)
 
 
 def build(cfg, in_channels: int) -> FNC:

@@ -103,11 +103,12 @@ class InstDisc(nn.Module):
         self.bank.index_copy_(0, indices, F.normalize(m * self.bank[indices] + (1 - m) * new, dim=1))
 
     def forward(self, views: torch.Tensor, partners: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, indices: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                generator: torch.Generator | None = None, indices: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of a (V, B, C, H, W) batch whose images sit at ``indices`` (B,) of the training set.
 
-        ``generator`` drives the negatives' draw; ``partners`` is unused.
+        ``generator`` drives the negatives' draw; ``partners`` is unused; ``labels`` only reach the
+        statistics.
         """
         if indices is None:
             raise ValueError("instdisc needs the batch's training-set indices (its memory bank is per image)")
@@ -127,7 +128,7 @@ class InstDisc(nn.Module):
             loss = info_nce(z.float(), positives, negatives, self.temperature, margin)
         if self.training:  # after the loss (which holds copies of the rows it read)
             self.update_bank(indices, z.detach().unflatten(0, (n_views, batch)))
-        return loss, contrast_stats(loss, k, margin, self.temperature, z)
+        return loss, contrast_stats(loss, k, margin, self.temperature, z, labels)
 
 
 def build(cfg, in_channels: int, num_images: int | None = None) -> InstDisc:

@@ -143,11 +143,11 @@ class MoCoV2(MomentumContrast):
         self.queue_ptr.copy_((self.queue_ptr + len(keys)) % size)
 
     def forward(self, views: torch.Tensor, partners: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, indices: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                generator: torch.Generator | None = None, indices: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Symmetrised MoCo v2 loss of a (2, B, C, H, W) batch; enqueues the keys in training mode.
 
-        ``partners``, ``generator`` and ``indices`` are unused.
+        ``partners``, ``generator`` and ``indices`` are unused; ``labels`` only reach the statistics.
         """
         if views.shape[0] != 2:
             raise ValueError(f"moco-v2 takes 2 views, got {views.shape[0]}")
@@ -162,7 +162,7 @@ class MoCoV2(MomentumContrast):
             loss = 0.5 * (info_nce(q[0], k[1], negatives, t, margin) + info_nce(q[1], k[0], negatives, t, margin))
         if self.training:
             self.enqueue(k.flatten(0, 1))  # after the loss: a batch never meets its own keys as negatives
-        return loss, contrast_stats(loss, size, margin, t, z.flatten(0, 1))
+        return loss, contrast_stats(loss, size, margin, t, z.flatten(0, 1), labels)
 
 
 # ----------------------------------------------------------------------------- MoCo v3
@@ -241,8 +241,10 @@ class MoCoV3(MomentumContrast):
         self.policy = policy
 
     def forward(self, views: torch.Tensor, partners: torch.Tensor, generator: torch.Generator | None = None,
-                indices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of a (V, B, C, H, W) batch, V = 2 or 4; ``generator`` drives the ``random`` policy."""
+                indices: torch.Tensor | None = None, labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of a (V, B, C, H, W) batch, V = 2 or 4; ``generator`` drives the ``random`` policy;
+        ``labels`` only reach the statistics."""
         n_views, batch = views.shape[:2]
         flat = views.flatten(0, 1)
         z = self.encode(flat)
@@ -259,7 +261,7 @@ class MoCoV3(MomentumContrast):
                 terms_b, k_b = terms_a[:, partners], k[:2, partners]
             info = policy_terms(terms_a, terms_b, k[:2], k_b, self.policy, generator).mean()
         loss = 4 * t * info  # MoCo v3's 2T scale on a sum of two directions
-        return loss, contrast_stats(info, batch - 1, margin, t, z)
+        return loss, contrast_stats(info, batch - 1, margin, t, z, labels)
 
 
 # ----------------------------------------------------------------------------- builders

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..ema import ema_update, momentum_copy
 from ..gsg import pair_loss
-from .common import collapse_std
+from .common import embedding_stats
 
 
 class Siamese(nn.Module):
@@ -42,7 +42,8 @@ class Siamese(nn.Module):
             ema_update(self.target, nn.Sequential(self.backbone, self.projector), momentum)
 
     def forward(self, views: torch.Tensor, partners: torch.Tensor, generator: torch.Generator | None = None,
-                indices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                indices: torch.Tensor | None = None, labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss for one batch.
 
         Args:
@@ -52,8 +53,10 @@ class Siamese(nn.Module):
             partners: (B,) index of each image's partner, a derangement.
             generator: drives the ``random`` policy.
             indices: unused (the images' training-set positions, for methods with a memory).
+            labels: (B,) the images' labels, or None; read only by the statistics.
         Returns:
-            (scalar loss, {"collapse_std": ...}) with the statistics still on the device.
+            (scalar loss, statistics): ``collapse_std`` (and the label similarities of
+            :func:`~stopgrad.methods.common.embedding_stats`), still on the device.
         """
         n_views, batch = views.shape[:2]
         flat = views.flatten(0, 1)  # (V*B, C, H, W): one encoder call for every view
@@ -68,7 +71,7 @@ class Siamese(nn.Module):
         role_b = slice(2, 4) if n_views == 4 else slice(0, 2)
         loss = pair_loss(p[:2], targets[:2], p[role_b][:, partners], targets[role_b][:, partners],
                          self.policy, generator)
-        return loss, {"collapse_std": collapse_std(z)}  # ~1/sqrt(D) when healthy, 0 when collapsed
+        return loss, embedding_stats(z, labels)  # collapse_std: ~1/sqrt(D) when healthy, 0 when collapsed
 
 
 def build(cfg, in_channels: int) -> Siamese:

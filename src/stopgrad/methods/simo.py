@@ -60,9 +60,10 @@ class SiMo(MomentumContrast):
         self.num_negatives = num_negatives
 
     def forward(self, views: torch.Tensor, partners: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, indices: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Symmetrised SiMo loss of a (2, B, C, H, W) batch; ``generator`` drives the negatives' draw."""
+                generator: torch.Generator | None = None, indices: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Symmetrised SiMo loss of a (2, B, C, H, W) batch; ``generator`` drives the negatives' draw;
+        ``labels`` only reach the statistics."""
         if views.shape[0] != 2:
             raise ValueError(f"simo takes 2 views, got {views.shape[0]}")
         batch = views.shape[1]
@@ -79,7 +80,7 @@ class SiMo(MomentumContrast):
         with float32_loss(q):
             loss = 0.5 * (info_nce_in_batch(q[0], k[1], t, margin, negatives[0])
                           + info_nce_in_batch(q[1], k[0], t, margin, negatives[1]))
-        return loss, contrast_stats(loss, n_neg, margin, t, z)
+        return loss, contrast_stats(loss, n_neg, margin, t, z, labels)
 
 
 def build(cfg, in_channels: int) -> SiMo:

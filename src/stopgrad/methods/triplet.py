@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..losses import truncated_triplet
-from .common import InBatchContrastive, collapse_std, float32_loss
+from .common import InBatchContrastive, embedding_stats, float32_loss
 
 
 class TruncatedTriplet(InBatchContrastive):
@@ -33,13 +33,14 @@ class TruncatedTriplet(InBatchContrastive):
         self.rank, self.smoothed, self.margin = rank, smoothed, margin
 
     def forward(self, views: torch.Tensor, partners: torch.Tensor, generator: torch.Generator | None = None,
-                indices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                indices: torch.Tensor | None = None, labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Symmetric truncated triplet of views 0 and 1; the other arguments are unused."""
         (z1, z2), raw = self.embed(views)
         with float32_loss(z1):
             loss = 0.5 * (truncated_triplet(z1, z2, self.rank, self.smoothed, self.margin)
                           + truncated_triplet(z2, z1, self.rank, self.smoothed, self.margin))
-        return loss, {"collapse_std": collapse_std(raw)}
+        return loss, embedding_stats(raw, labels)
 
 
 def build(cfg, in_channels: int) -> TruncatedTriplet:
