@@ -96,13 +96,14 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, run_c
     from stopgrad.backbones import build_backbone
     net = build_backbone("small-cnn", 1, 4)
     net.load_state_dict(load_file(str(run / "backbone.safetensors")))
-    # eval knn re-creates the final kNN of the run
-    code, out, _ = run_cli("eval", "knn", "--run", str(run), "--k", "20")
+    # eval knn re-creates the final kNN of the run (k = 20 and k = 1 from one neighbour search)
+    code, out, _ = run_cli("eval", "knn", "--run", str(run), "--k", "20", "1")
     assert code == 0
     result = json.loads(out)
-    assert result["bank"] == 256 and result["queries"] == 360
-    assert result["knn_top1"] == pytest.approx(rows[1]["knn_top1"], abs=1e-6)
-    assert json.loads(run_cli("eval", "knn", "--run", str(run), "--k", "1")[1])["k"] == 1
+    assert result["bank"] == 256 and result["queries"] == 360 and result["weights"] == "backbone.safetensors"
+    assert result["scores"]["20"]["top1"] == pytest.approx(rows[1]["knn_top1"], abs=1e-6)
+    assert result["scores"]["1"]["top1"] == pytest.approx(rows[1]["knn1_top1"], abs=1e-6)
+    assert result["scores"]["1"]["top5"] is None and 0 < result["scores"]["20"]["top5"] <= 1
     # a second train into the same folder is refused and leaves it as it was
     before = (run / "metrics.jsonl").read_text()
     code, _, err = run_cli("train", *TINY, "--out", str(run))

@@ -1,4 +1,4 @@
-"""Command line: ``stopgrad train | eval knn | list``.
+"""Command line: ``stopgrad train | eval | compare | reproduce | bench | list``.
 
 Bad input ends with one line on stderr naming the problem and the fix, and exit code 2.
 """
@@ -20,11 +20,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
+    """An int; config flags are range-checked by Config.validate, whose message names the key."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _whole_number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return value
 
 
@@ -50,34 +57,34 @@ def _config_flags(p) -> None:
     p.add_argument("--stopgrad", choices=POLICIES, help="stop-gradient policy")
     p.add_argument("--no-predictor", dest="predictor", action="store_const", const=False,
                    help="h = identity (the no-predictor ablation)")
-    p.add_argument("--views", type=_positive_int, choices=(2, 4),
+    p.add_argument("--views", type=_whole_number, choices=(2, 4),
                    help="4: fresh views for the partner role (faithful); 2: reuse the partner's views")
     c = p.add_argument_group("contrastive methods")
     c.add_argument("--temperature", type=float, help="InfoNCE / NT-Xent temperature")
-    c.add_argument("--num-negatives", type=_positive_int, metavar="K",
+    c.add_argument("--num-negatives", type=_whole_number, metavar="K",
                    help="queue, memory-bank or sampled negatives per query")
     c.add_argument("--eqco-alpha", type=float, metavar="A",
                    help="EqCo margin T*log(A/K) on the InfoNCE positive (0: off)")
     c.add_argument("--bank-momentum", type=float, help="InstDisc memory-bank momentum")
-    c.add_argument("--directclr-dim", type=_positive_int, metavar="D0", help="DirectCLR: dimensions in the loss")
+    c.add_argument("--directclr-dim", type=_whole_number, metavar="D0", help="DirectCLR: dimensions in the loss")
     c.add_argument("--fnc-mode", choices=("elimination", "attraction"), help="FNC: what to do with false negatives")
-    c.add_argument("--fnc-top-k", type=_positive_int, help="FNC: false negatives per anchor")
-    c.add_argument("--triplet-rank", type=_positive_int, help="truncated triplet: rank of the deputy negative")
+    c.add_argument("--fnc-top-k", type=_whole_number, help="FNC: false negatives per anchor")
+    c.add_argument("--triplet-rank", type=_whole_number, help="truncated triplet: rank of the deputy negative")
     c.add_argument("--triplet-smoothed", action=argparse.BooleanOptionalAction,
                    help="truncated triplet: mean of ranks 2..2k+1 instead of the rank-k negative")
     c.add_argument("--triplet-margin", type=float)
     p.add_argument("--dataset", metavar="{fashion-mnist,cifar10,cifar100,digits,folder:PATH}")
     p.add_argument("--data-dir", help="folder holding the data set's files")
-    p.add_argument("--image-size", type=_positive_int)
+    p.add_argument("--image-size", type=_whole_number)
     p.add_argument("--augment", choices=tuple(RECIPES), help="augmentation recipe")
-    p.add_argument("--train-subset", type=_positive_int, metavar="N", help="train on N images (quick runs)")
+    p.add_argument("--train-subset", type=_whole_number, metavar="N", help="train on N images (quick runs)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction,
                    help="image folders: decode batch by batch from disk (default: when over 2 GiB decoded)")
     p.add_argument("--backbone", choices=BACKBONES)
-    p.add_argument("--width", type=_positive_int, help="small-cnn base width")
+    p.add_argument("--width", type=_whole_number, help="small-cnn base width")
     p.add_argument("--heads", choices=tuple(HEAD_PRESETS), help="projector/predictor sizes")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--epochs", type=_whole_number)
+    p.add_argument("--batch-size", type=_whole_number)
     p.add_argument("--lr", type=float)
     p.add_argument("--lr-schedule", choices=("cosine", "constant"))
     p.add_argument("--warmup-epochs", type=float)
@@ -90,12 +97,24 @@ def _config_flags(p) -> None:
                    help="NHWC memory format (default: on)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
     p.add_argument("--workers", type=int, help="decoding processes for streamed image folders")
-    p.add_argument("--eval-every", type=_positive_int, metavar="EPOCHS")
-    p.add_argument("--knn-k", type=_positive_int)
-    p.add_argument("--knn-temperature", type=float)
+    e = p.add_argument_group("evaluation during training")
+    e.add_argument("--eval-every", type=_whole_number, metavar="EPOCHS",
+                   help="epochs between evaluations (kNN, geometry); the last epoch is always evaluated")
+    e.add_argument("--knn-k", type=_whole_number, help="k of the online kNN (k = 1 is reported too)")
+    e.add_argument("--knn-temperature", type=float)
+    e.add_argument("--eval-geometry", action=argparse.BooleanOptionalAction,
+                   help="collapse std, effective rank, alignment/uniformity, TP/FN similarity at each evaluation "
+                        "(default: on)")
+    e.add_argument("--collapse-threshold", type=float, metavar="X",
+                   help="collapse alarm when sqrt(D) x the projection's collapse std (healthy ~1) stays under X "
+                        "(default 0.2; 0: off)")
+    e.add_argument("--collapse-patience", type=_whole_number, metavar="N",
+                   help="... for N consecutive evaluations (default 3)")
+    e.add_argument("--stop-on-collapse", action="store_const", const=True,
+                   help="the collapse alarm stops the run, keeping its last checkpoint")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads")
+    p.add_argument("--threads", type=_whole_number, help="CPU threads")
 
 
 def _cmd_train(args) -> int:
@@ -116,37 +135,123 @@ def _cmd_train(args) -> int:
     init = result["knn_top1_init"]
     print(f"kNN top-1: {result['knn_top1']:.4f} (random init: {init:.4f})" if init is not None
           else f"kNN top-1: {result['knn_top1']:.4f}")
+    if result["stopped"] == "collapse":
+        print(f"stopped after epoch {result['epoch']}: the representation collapsed (collapse alarm); the last "
+              f"checkpoint is kept, `stopgrad train --resume {result['run_dir']}` would continue it")
     print(f"run directory: {result['run_dir']}")
+    print(f"report: {Path(result['run_dir']) / 'report.md'}")
     return 0
 
 
-def _cmd_eval_knn(args) -> int:
-    from .backbones import build_backbone
-    from .data import load_dataset
-    from .evaluate.knn import knn_top1
-    from .runs import BACKBONE_FILE, load_backbone_state, load_checkpoint, read_config
-    from .train import pick_device, training_images
+def _eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluate a run: knn, linear, transfer, tsne, geometry",
+                        description="Evaluate a run's frozen backbone. Each evaluation prints its result as JSON, "
+                                    "adds it to the run's evaluations.jsonl and refreshes its report.md.")
+    ev_sub = ev.add_subparsers(dest="evaluation", required=True, parser_class=Parser)
 
-    if args.k <= 0 or not args.temperature > 0:
-        raise ConfigError("--k and --temperature must be positive")
-    run_dir = Path(args.run)
-    cfg = read_config(run_dir)
-    device = pick_device(args.device or cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, stream=cfg.stream)
-    backbone = build_backbone(cfg.backbone, data.channels, cfg.width)
-    if (run_dir / BACKBONE_FILE).is_file():
-        state, source = load_backbone_state(run_dir / BACKBONE_FILE), BACKBONE_FILE
-    else:  # an unfinished run: its last checkpoint
-        model_state = load_checkpoint(run_dir, "cpu")["model"]
-        state = {k[len("backbone."):]: v for k, v in model_state.items() if k.startswith("backbone.")}
-        source = "checkpoints/last.pt"
-    backbone.load_state_dict(state)
-    backbone.to(device)
-    train_x, train_y = training_images(cfg, data)  # the bank is the run's training images
-    top1 = knn_top1(backbone, train_x, train_y, data.test_x, data.test_y, data.mean, data.std, cfg.image_size,
-                    args.k, args.temperature)
-    print(json.dumps({"run": str(run_dir), "weights": source, "k": args.k, "temperature": args.temperature,
-                      "bank": len(train_x), "queries": len(data.test_x), "knn_top1": top1}))
+    def add(name: str, help: str, description: str):
+        p = ev_sub.add_parser(name, help=help, description=description)
+        p.add_argument("--run", required=True, metavar="DIR", help="run directory (the --out of `stopgrad train`)")
+        p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's setting)")
+        p.add_argument("--no-save", action="store_true", help="print only; leave the run's files as they are")
+        return p
+
+    knn = add("knn", "weighted kNN on un-augmented train/test images",
+              "Weighted kNN (votes exp(sim/T)) of test images against the run's training images, top-1 and "
+              "top-5, for every --k in one neighbour search.")
+    knn.add_argument("--k", type=_positive_int, nargs="+", default=[1, 200], metavar="K", help="(default: 1 200)")
+    knn.add_argument("--temperature", type=float, default=0.1, help="vote temperature T (default 0.1)")
+    lin = add("linear", "linear probe on the frozen backbone (fast L-BFGS, or the paper's SGD protocol)",
+              "Linear classifier on frozen features; only the classifier trains, and the backbone is checked "
+              "bit-identical afterwards. fast: features once, L-BFGS logistic regression (seconds). paper: SGD "
+              "lr 30, momentum 0.9, cosine, batch 256, 90 epochs on crop+flip views.")
+    lin.add_argument("--protocol", choices=("fast", "paper"), default="fast")
+    lin.add_argument("--wd", type=float, help="fast: weight decay, scikit-learn's C = 1/wd (default 1)")
+    lin.add_argument("--epochs", type=_positive_int, help="paper: epochs (default 90)")
+    lin.add_argument("--lr", type=float, help="paper: learning rate (default 30)")
+    lin.add_argument("--batch-size", type=_positive_int, help="paper: batch size (default 256)")
+    tr = add("transfer", "transfer protocol of the GSG paper (Ericsson et al.) on another labelled data set",
+             "Frozen features of a target data set, resized and centre-cropped to the run's input; L-BFGS "
+             "logistic regression with the weight decay chosen on a validation split among 45 values in "
+             "[1e-6, 1e5]; refit on train+val; test top-1 or mean per-class accuracy.")
+    tr.add_argument("--target", required=True, metavar="DATASET",
+                    help="digits, fashion-mnist, cifar10, cifar100, or folder:PATH with train/ and test/ "
+                         "(and optionally val/) class folders")
+    tr.add_argument("--data-dir", help="folder holding the target's files (built-in data sets)")
+    tr.add_argument("--metric", choices=("top1", "per-class"), default="top1")
+    tr.add_argument("--val-fraction", type=float, default=0.2,
+                    help="share of the training split held out when the target has no val/ split (default 0.2)")
+    ts = add("tsne", "t-SNE map of test-set representations, coloured by class (PNG)",
+             "2-D t-SNE (scikit-learn) of the backbone features of a class-stratified sample of test images.")
+    ts.add_argument("--samples", type=_positive_int, default=2000, help="test images in the map (default 2000)")
+    ts.add_argument("--out", metavar="PNG", help="output file (default: DIR/tsne.png)")
+    geo = add("geometry", "collapse std, effective rank, spectrum, alignment/uniformity, TP/FN similarity",
+              "Geometry of the representation and the projection on test images; writes the covariance "
+              "spectrum as a PNG (default DIR/spectrum.png).")
+    geo.add_argument("--pairs", type=_positive_int, default=2048,
+                     help="test images whose two augmented views give alignment and TP/FN similarity")
+    geo.add_argument("--out", metavar="PNG", help="spectrum figure (default: DIR/spectrum.png)")
+
+
+def _cmd_eval(args) -> int:
+    from .evaluate.saved import evaluate_saved
+
+    options: dict = {}
+    name = args.evaluation
+    if name == "knn":
+        options = {"ks": args.k, "temperature": args.temperature}
+    elif name == "linear":
+        options = {"protocol": args.protocol}
+        if args.protocol == "fast":
+            if args.epochs or args.lr or args.batch_size:
+                raise ConfigError("--epochs, --lr and --batch-size belong to --protocol paper")
+            if args.wd is not None:
+                if not args.wd > 0:
+                    raise ConfigError(f"--wd must be positive, got {args.wd}")
+                options["wd"] = args.wd
+        else:
+            if args.wd is not None:
+                raise ConfigError("--wd belongs to --protocol fast (the paper protocol uses no weight decay)")
+            if args.lr is not None and not args.lr > 0:
+                raise ConfigError(f"--lr must be positive, got {args.lr}")
+            options.update({k: v for k, v in (("epochs", args.epochs), ("lr", args.lr),
+                                              ("batch_size", args.batch_size)) if v is not None})
+    elif name == "transfer":
+        if not 0 < args.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+        options = {"target": args.target, "data_dir": args.data_dir, "metric": args.metric,
+                   "val_fraction": args.val_fraction}
+    elif name == "tsne":
+        options = {"samples": args.samples, "out": args.out}
+    else:
+        options = {"pairs": args.pairs, "out": args.out}
+    result = evaluate_saved(name, Path(args.run), args.device, save=not args.no_save,
+                            log=lambda m: print(m, file=sys.stderr, flush=True), **options)
+    print(json.dumps(result))
+    return 0
+
+
+def _compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="overlay the curves of several runs in one PNG and print a table",
+                       description="Overlay training curves of runs (loss, kNN top-1, collapse std by default) in "
+                                   "one PNG and print a markdown table of their final numbers.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--out", metavar="PNG", default="compare.png", help="figure file (default compare.png)")
+    p.add_argument("--metrics", nargs="+", metavar="KEY", default=["loss", "knn_top1", "collapse_std"],
+                   help="metrics.jsonl keys to plot, one panel each")
+
+
+def _cmd_compare(args) -> int:
+    from .report import compare
+    from .runs import CONFIG_FILE
+
+    for run in args.runs:
+        if not (Path(run) / CONFIG_FILE).is_file():
+            raise ConfigError(f"{run} is not a run directory (no {CONFIG_FILE}); give --out folders of `stopgrad train`")
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a directory; give a PNG file name")
+    print(compare([Path(r) for r in args.runs], Path(args.out), tuple(args.metrics)))
+    print(f"figure: {args.out}")
     return 0
 
 
@@ -216,7 +321,7 @@ def _reproduce_parser(sub) -> None:
     p.add_argument("name", nargs="?", metavar="NAME", help="experiment (see --list)")
     p.add_argument("--list", action="store_true", help="list the experiments and their budgets")
     p.add_argument("--budget", choices=("smoke", "cpu", "gpu"))
-    p.add_argument("--seeds", type=_positive_int, metavar="N", help="seeds 0..N-1 (default: the experiment's)")
+    p.add_argument("--seeds", type=_whole_number, metavar="N", help="seeds 0..N-1 (default: the experiment's)")
     p.add_argument("--out", metavar="DIR", help="output folder: new, empty, or holding this experiment's "
                                                 "results of the same budget (replaced)")
 
@@ -263,13 +368,8 @@ def make_parser() -> Parser:
     _train_parser(sub)
     _bench_parser(sub)
     _reproduce_parser(sub)
-    ev = sub.add_parser("eval", help="evaluate a run's backbone")
-    ev_sub = ev.add_subparsers(dest="evaluation", required=True, parser_class=Parser)
-    knn = ev_sub.add_parser("knn", help="weighted kNN top-1 on un-augmented train/test images; prints JSON")
-    knn.add_argument("--run", required=True, metavar="DIR")
-    knn.add_argument("--k", type=_positive_int, default=200)
-    knn.add_argument("--temperature", type=float, default=0.1)
-    knn.add_argument("--device")
+    _eval_parser(sub)
+    _compare_parser(sub)
     sub.add_parser("list", help="methods, policies, data sets, backbones and presets")
     return parser
 
@@ -278,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     from .data.datasets import DataError
 
     args = make_parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "list": _cmd_list, "eval": _cmd_eval_knn, "bench": _cmd_bench,
-                "reproduce": _cmd_reproduce}
+    handlers = {"train": _cmd_train, "list": _cmd_list, "eval": _cmd_eval, "bench": _cmd_bench,
+                "reproduce": _cmd_reproduce, "compare": _cmd_compare}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError) as exc:

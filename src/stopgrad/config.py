@@ -69,10 +69,14 @@ class Config:
     channels_last: bool = True  # NHWC activations (faster convolutions on CUDA and CPU)
     compile: bool = False  # torch.compile the model
     workers: int | None = None  # decoding processes for streamed image folders; default min(8, CPUs)
-    # evaluation
-    eval_every: int = 1  # epochs between kNN evaluations (the last epoch is always evaluated)
-    knn_k: int = 200
+    # evaluation during training
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    knn_k: int = 200  # kNN also reports k = 1, from the same neighbour search
     knn_temperature: float = 0.1
+    eval_geometry: bool = True  # collapse std, effective rank, alignment/uniformity, TP/FN similarity on test images
+    collapse_threshold: float = 0.2  # collapse alarm: sqrt(D) x the projection's collapse std (healthy ~1) under this
+    collapse_patience: int = 3  # ... for this many consecutive evaluations raises the alarm
+    stop_on_collapse: bool = False  # the alarm stops the run (its last checkpoint is kept)
     # running
     seed: int = 0
     device: str = "auto"
@@ -108,14 +112,17 @@ class Config:
         known = ("fashion-mnist", "cifar10", "cifar100", "digits")
         if self.dataset not in known and not (self.dataset.startswith("folder:") and len(self.dataset) > 7):
             raise ConfigError(f"invalid dataset {self.dataset!r}; choose one of {', '.join(known)}, folder:PATH")
-        for key in ("epochs", "batch_size", "width", "eval_every", "knn_k"):
+        for key in ("epochs", "batch_size", "width", "eval_every", "knn_k", "collapse_patience"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
         for key in ("lr", "knn_temperature"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        if not isinstance(self.channels_last, bool):
-            raise ConfigError(f"channels_last must be true or false, got {self.channels_last!r}")
+        for key in ("channels_last", "eval_geometry", "stop_on_collapse"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if not self.collapse_threshold >= 0:
+            raise ConfigError(f"collapse_threshold must be >= 0 (0 turns the alarm off), got {self.collapse_threshold}")
         for key in ("amp", "stream"):
             if getattr(self, key) not in (None, True, False):
                 raise ConfigError(f"{key} must be true, false or null (automatic), got {getattr(self, key)!r}")

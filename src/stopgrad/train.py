@@ -27,7 +27,8 @@ from .data import RECIPES, augment, load_dataset
 from .data.datasets import ImageData
 from .data.stream import iter_batches
 from .ema import momentum_at
-from .evaluate.knn import knn_top1
+from .evaluate.geometry import plot_spectra
+from .evaluate.online import CollapseAlarm, evaluate_run, projection_dim
 from .gsg import derangement
 from .methods import build_method
 from .schedules import lr_at
@@ -118,10 +119,9 @@ class Setup:
     def total_steps(self) -> int:
         return self.cfg.epochs * self.steps_per_epoch
 
-    def knn(self) -> float:
-        d = self.data
-        return knn_top1(self.model.backbone, self.train_x, self.train_y, d.test_x, d.test_y, d.mean, d.std,
-                        self.cfg.image_size, self.cfg.knn_k, self.cfg.knn_temperature)
+    def evaluate(self, keep_spectra: bool = False) -> dict:
+        """kNN and (with ``eval_geometry``) geometry of the current model; the run's training images are the bank."""
+        return evaluate_run(self.model, self.cfg, self.data, self.train_x, self.train_y, keep_spectra)
 
 
 def new_model(cfg: Config, in_channels: int, num_images: int, device: torch.device) -> torch.nn.Module:
@@ -223,10 +223,33 @@ def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) ->
     return {**{k: None if math.isnan(v) else v for k, v in zip(names, means)}, "lr": lr}
 
 
-def _log(message: str, quiet: bool) -> None:
+def _log(message: str, quiet: bool, error: bool = False) -> None:
     if not quiet:
+        import sys
+
         from tqdm import tqdm
-        tqdm.write(message)
+        tqdm.write(message, file=sys.stderr if error else sys.stdout)
+
+
+def _evaluate(s: Setup, run_dir: Path, row: dict) -> None:
+    """Evaluate into ``row`` (timed), and draw the current embedding spectrum."""
+    t0 = time.perf_counter()
+    metrics = s.evaluate(keep_spectra=True)
+    spectra = metrics.pop("spectra", None)
+    row.update(metrics)
+    row["eval_seconds"] = round(time.perf_counter() - t0, 3)
+    if spectra:
+        plot_spectra(spectra, run_dir / "spectrum.png", f"embedding spectrum after epoch {row['epoch']}")
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f}", f"collapse std {row['collapse_std']:.4f}"]
+    if row.get("knn_top1") is not None:
+        parts.append(f"kNN top-1 {row['knn_top1']:.4f} (k=1: {row['knn1_top1']:.4f})")
+    if row.get("tp_similarity") is not None and row.get("fn_similarity") is not None:
+        parts.append(f"TP/FN similarity {row['tp_similarity']:.3f}/{row['fn_similarity']:.3f}")
+    parts.append(f"{row['images_per_second']:.0f} img/s")
+    return ", ".join(parts)
 
 
 def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, stop_after: int | None = None,
@@ -234,15 +257,23 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
     """Train (or resume) a run; returns a summary with the final kNN top-1 and the run directory.
 
     ``stop_after`` ends the session after that epoch (the run can be resumed); ``progress=None``
-    shows a progress bar only on a terminal.
+    shows a progress bar only on a terminal. With ``stop_on_collapse`` the collapse alarm ends the
+    run early (``result["stopped"] == "collapse"``), its last checkpoint kept.
     """
     from tqdm import tqdm
+
+    from .report import write_report
 
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     if not resume and (run_dir / runs.CONFIG_FILE).exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with `stopgrad train --resume {run_dir}` "
                           "or choose another --out")
     s = build(cfg, data)
+    alarm = None
+    if cfg.eval_geometry and cfg.collapse_threshold > 0:
+        size = cfg.image_size or s.data.image_size
+        alarm = CollapseAlarm(cfg.collapse_threshold, cfg.collapse_patience,
+                              projection_dim(s.model, s.data.channels, size, s.device))
     rows: list[dict] = []
     start_epoch, seconds = 0, 0.0
     if resume:
@@ -254,19 +285,22 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
         start_epoch, seconds = state["epoch"], state["seconds"]
         rows = [r for r in runs.read_metrics(run_dir) if r["epoch"] <= start_epoch]
         runs.write_metrics(run_dir, rows)  # drop lines from an epoch that never reached its checkpoint
+        for r in rows[1:]:  # the alarm's state as it was
+            if alarm is not None and r.get("knn_top1") is not None:
+                alarm.update(r["epoch"], r)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.write_config(run_dir, cfg, str(s.device))
-        t0 = time.perf_counter()
         rows = [{"epoch": 0, "step": 0, "loss": None, "lr": lr_at(0, s.total_steps, cfg.lr, cfg.lr_schedule),
-                 "knn_top1": s.knn(), "collapse_std": None, "seconds": 0.0,
-                 "eval_seconds": round(time.perf_counter() - t0, 3)}]
+                 "collapse_std": None, "seconds": 0.0}]
+        _evaluate(s, run_dir, rows[0])
         runs.write_metrics(run_dir, rows)
-        _log(f"epoch 0 (random init): kNN top-1 {rows[0]['knn_top1']:.4f}", quiet)
+        _log(f"epoch 0 (random init): kNN top-1 {rows[0]['knn_top1']:.4f} (k=1: {rows[0]['knn1_top1']:.4f})", quiet)
 
     bar = tqdm(total=s.total_steps, initial=start_epoch * s.steps_per_epoch, unit="step", dynamic_ncols=True,
                disable=(not progress) if progress is not None else None, leave=False)
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    stopped = None
     try:
         for epoch in range(start_epoch + 1, last_epoch + 1):
             if s.device.type == "cuda":
@@ -279,18 +313,23 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
                    "collapse_std": stats["collapse_std"], "seconds": round(seconds, 3),
                    "images_per_second": round(s.steps_per_epoch * cfg.batch_size / epoch_seconds, 1)}
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                t0 = time.perf_counter()
-                row["knn_top1"] = s.knn()
-                row["eval_seconds"] = round(time.perf_counter() - t0, 3)
+                _evaluate(s, run_dir, row)
+                if alarm is not None and alarm.update(epoch, row):
+                    row["collapse_alarm"] = True
             rows.append(row)
             # checkpoint first, then the metrics that refer to it
             runs.save_checkpoint(run_dir, {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
                                            "epoch": epoch, "step": row["step"], "seconds": seconds})
             runs.write_metrics(run_dir, rows)
-            knn = f", kNN top-1 {row['knn_top1']:.4f}" if row["knn_top1"] is not None else ""
             bar.set_postfix(loss=f"{row['loss']:.3f}", knn=row["knn_top1"])
-            _log(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}, collapse std {row['collapse_std']:.4f}"
-                 f"{knn}, {row['images_per_second']:.0f} img/s", quiet)
+            _log(_epoch_line(row, cfg.epochs), quiet)
+            if row.get("collapse_alarm"):
+                if cfg.stop_on_collapse and epoch < cfg.epochs:
+                    stopped = "collapse"
+                    _log(f"{alarm.message()}; stopping (stop_on_collapse) with the checkpoint of epoch {epoch} "
+                         f"kept in {run_dir / runs.CHECKPOINT}", quiet, error=True)
+                    break
+                _log(alarm.message(), quiet, error=True)
     finally:
         bar.close()
         if rows:
@@ -299,6 +338,8 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
     finished = rows[-1]["epoch"] == cfg.epochs
     if finished:
         runs.save_backbone(run_dir, s.model.backbone)
+    write_report(run_dir, cfg, rows)
+    evaluated = [r for r in rows if r.get("knn_top1") is not None]
     return {"run_dir": str(run_dir), "finished": finished, "epoch": rows[-1]["epoch"],
-            "knn_top1": rows[-1]["knn_top1"], "knn_top1_init": rows[0]["knn_top1"], "seconds": seconds,
-            "metrics": rows}
+            "knn_top1": evaluated[-1]["knn_top1"], "knn_top1_init": rows[0]["knn_top1"], "seconds": seconds,
+            "stopped": stopped, "collapse_alarm": any(r.get("collapse_alarm") for r in rows), "metrics": rows}

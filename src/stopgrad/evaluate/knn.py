@@ -1,43 +1,81 @@
 """Weighted k-nearest-neighbour classification on L2-normalised backbone features (InstDisc).
 
 Each query votes with its k most cosine-similar bank images, weight exp(sim / T) per neighbour;
-k = 1 is the plain nearest neighbour.
+k = 1 is the plain nearest neighbour. Several k are evaluated in one pass: the neighbours are
+found once for the largest k, sorted, and every smaller k reads a prefix of them.
+
+The search is chunked both ways: query chunks against bank chunks, keeping a running top-k per
+query, so the (chunk, bank) similarity block is bounded whatever the bank's size. The bank may
+stay in host memory while the search runs on a GPU (chunks are copied as they are needed).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..data.augment import prepare
-from ..data.stream import iter_batches
+from .features import embed
+
+DEFAULT_KS = (1, 200)
 
 
 @torch.no_grad()
-def embed(backbone: nn.Module, images: torch.Tensor, mean, std, size: int | None = None,
-          batch_size: int = 1024, device=None, amp: bool | None = None) -> torch.Tensor:
-    """(N, F) L2-normalised float32 features of un-augmented images, with the backbone in eval mode.
+def nearest(bank: torch.Tensor, queries: torch.Tensor, k: int, chunk: int = 1024, bank_chunk: int = 65536,
+            device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, indices), each (Q, k), of the k most similar bank rows per query, sorted descending.
 
-    ``images`` is a uint8 tensor on any device or a streamed ``FolderImages``.
-
-    ``amp`` runs the backbone under bfloat16 autocast (default: on CUDA only). The backbone's
-    train/eval mode is restored afterwards and its weights are untouched.
+    ``bank`` (N, F) and ``queries`` (Q, F) are normalised features; the search runs on ``device``
+    (default: the queries') in blocks of ``chunk`` queries x ``bank_chunk`` bank rows. Each bank
+    block is copied to the device once; a running top-k per query merges the blocks.
     """
-    device = torch.device(device) if device is not None else next(backbone.parameters()).device
-    amp = device.type == "cuda" if amp is None else amp
-    was_training = backbone.training
-    backbone.eval()
-    out = []
-    try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            on = images.device if isinstance(images, torch.Tensor) else device
-            order = torch.arange(len(images), device=on)
-            for x in iter_batches(images, order, batch_size, on, drop_last=False):
-                x = prepare(x.to(device, non_blocking=True), mean, std, size)
-                out.append(F.normalize(backbone(x).float(), dim=1))
-    finally:
-        backbone.train(was_training)
-    return torch.cat(out)
+    device = torch.device(device) if device is not None else queries.device
+    k = min(k, len(bank))
+    queries = queries.to(device)
+    best_s = torch.full((len(queries), k), float("-inf"), device=device)
+    best_i = torch.zeros((len(queries), k), dtype=torch.long, device=device)
+    # one similarity buffer for every block: a fresh (chunk, N) allocation per chunk costs ~10% on CPU
+    buffer = torch.empty(min(chunk, len(queries)), min(bank_chunk, len(bank)), device=device, dtype=queries.dtype)
+    for j in range(0, len(bank), bank_chunk):
+        b = bank[j:j + bank_chunk].to(device, non_blocking=True)
+        for i in range(0, len(queries), chunk):
+            q = queries[i:i + chunk]
+            out = buffer[:len(q)] if len(b) == buffer.shape[1] else None  # the last, shorter block allocates
+            s, idx = torch.mm(q, b.T, out=out).topk(min(k, len(b)), dim=1)  # (q, k) within this block
+            if j > 0:  # merge with the running top-k of the earlier blocks
+                s, pos = torch.cat((best_s[i:i + chunk], s), 1).topk(k, dim=1)
+                idx = torch.cat((best_i[i:i + chunk], idx + j), 1).gather(1, pos)
+            best_s[i:i + chunk], best_i[i:i + chunk] = s, idx
+    return best_s, best_i
+
+
+@torch.no_grad()
+def knn_scores(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+               ks=DEFAULT_KS, temperature: float = 0.1, num_classes: int | None = None, chunk: int = 1024,
+               device=None) -> dict[int, dict[str, float]]:
+    """Top-1 and top-5 accuracy (fractions) of weighted kNN for every k in ``ks``, in one search.
+
+    Returns ``{k: {"top1": ..., "top5": ...}}``: top-5 counts a query when its class is among the
+    five classes with the most votes and received a vote; it is None for k < 5 (fewer than five
+    classes can receive votes). ``num_classes`` defaults to the largest label + 1.
+    """
+    if temperature <= 0 or not ks or min(ks) < 1:
+        raise ValueError(f"kNN needs k >= 1 and a positive temperature (got ks={ks}, T={temperature})")
+    device = torch.device(device) if device is not None else queries.device
+    num_classes = num_classes or int(max(bank_labels.max(), query_labels.max())) + 1
+    bank_labels, query_labels = bank_labels.to(device), query_labels.to(device)
+    correct = {k: torch.zeros(2, device=device) for k in ks}
+    sims, idxs = nearest(bank, queries, max(ks), chunk, device=device)
+    for i in range(0, len(queries), chunk):
+        sim, idx = sims[i:i + chunk], idxs[i:i + chunk]
+        weight, neighbour_labels = (sim / temperature).exp(), bank_labels[idx]  # (q, kmax)
+        truth = query_labels[i:i + chunk, None]
+        for k in ks:
+            votes = torch.zeros(len(sim), num_classes, device=device)
+            votes.scatter_add_(1, neighbour_labels[:, :k], weight[:, :k])
+            top_votes, top = votes.topk(min(5, num_classes), dim=1)  # (q, 5), best first
+            correct[k][0] += (top[:, 0:1] == truth).sum()
+            correct[k][1] += ((top == truth) & (top_votes > 0)).any(1).sum()  # a class without votes is no guess
+    n = len(queries)
+    return {k: {"top1": c[0].item() / n, "top5": c[1].item() / n if k >= 5 else None} for k, c in correct.items()}
 
 
 @torch.no_grad()
@@ -45,25 +83,26 @@ def knn_classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
                  temperature: float = 0.1, num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
     """Predicted labels (Q,) for normalised ``queries`` (Q, F) against ``bank`` (N, F)."""
     num_classes = num_classes or int(bank_labels.max()) + 1
-    k = min(k, len(bank))
-    bank_labels = bank_labels.to(bank.device)
+    bank_labels = bank_labels.to(queries.device)
+    sims, idxs = nearest(bank, queries, k, chunk)
     preds = []
-    # one similarity buffer for every chunk: a fresh (chunk, N) allocation per chunk costs ~10% on CPU
-    buffer = torch.empty(min(chunk, len(queries)), len(bank), device=bank.device, dtype=bank.dtype)
-    for i in range(0, len(queries), chunk):
-        q = queries[i:i + chunk]
-        sim, idx = torch.mm(q, bank.T, out=buffer[:len(q)]).topk(k, dim=1, sorted=False)  # (q, k)
-        votes = torch.zeros(len(sim), num_classes, device=bank.device)
+    for sim, idx in zip(sims.split(chunk), idxs.split(chunk)):  # (chunk, classes) votes at a time
+        votes = torch.zeros(len(sim), num_classes, device=queries.device)
         votes.scatter_add_(1, bank_labels[idx], (sim / temperature).exp())
         preds.append(votes.argmax(1))
     return torch.cat(preds)
 
 
-def knn_top1(backbone: nn.Module, train_x, train_y, test_x, test_y, mean, std, size: int | None = None,
-             k: int = 200, temperature: float = 0.1) -> float:
-    """Top-1 accuracy (a fraction) of weighted kNN: bank = train images, queries = test images."""
+def knn_evaluate(backbone: nn.Module, train_x, train_y, test_x, test_y, mean, std, size: int | None = None,
+                 ks=DEFAULT_KS, temperature: float = 0.1) -> dict[int, dict[str, float]]:
+    """:func:`knn_scores` of a frozen backbone: bank = train images, queries = test images, un-augmented."""
     bank = embed(backbone, train_x, mean, std, size)
     queries = embed(backbone, test_x, mean, std, size)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    pred = knn_classify(bank, train_y, queries, k, temperature, num_classes)
-    return (pred.cpu() == test_y.cpu()).float().mean().item()
+    return knn_scores(bank, train_y, queries, test_y, ks, temperature, num_classes)
+
+
+def knn_top1(backbone: nn.Module, train_x, train_y, test_x, test_y, mean, std, size: int | None = None,
+             k: int = 200, temperature: float = 0.1) -> float:
+    """Top-1 accuracy (a fraction) of weighted kNN with one k."""
+    return knn_evaluate(backbone, train_x, train_y, test_x, test_y, mean, std, size, (k,), temperature)[k]["top1"]
