@@ -216,3 +216,42 @@ def test_eqco_k_smoke_trains_every_configuration(run_cli, tmp_path):
         assert run["margin"] == pytest.approx(expected, abs=1e-6) and c["margin"] == pytest.approx(expected)
     assert (out_dir / "runs" / "simo-k4-eqco-seed0" / "metrics.jsonl").is_file()
     assert "| kNN top-1 (%) | K = 4 | K = 16 |" in (out_dir / "results.md").read_text()
+
+
+GSG_EXPERIMENTS = ("gsg-table1", "gsg-guiding", "gsg-no-predictor", "gsg-batch-size", "gsg-equal-compute")
+
+
+@pytest.mark.parametrize("name", GSG_EXPERIMENTS)
+def test_gsg_experiment_smoke_budget_end_to_end(run_cli, tmp_path, name):
+    """Every configuration trains with the library's loop, is evaluated, and lands in the table and figures."""
+    from stopgrad.reproduce import experiment_module
+    out_dir = tmp_path / name
+    code, out, err = run_cli("reproduce", name, "--budget", "smoke", "--seeds", "1", "--out", str(out_dir))
+    assert code == 0, err
+    record = json.loads((out_dir / "results.json").read_text())
+    assert record["status"] == "complete" and record["budget"] == "smoke" and record["seeds"] == [0]
+    expected = experiment_module(name).configurations("smoke")
+    assert [c["name"] for c in record["configurations"]] == [c["name"] for c in expected]
+    for c in record["configurations"]:
+        (r,) = c["runs"]
+        assert r["seed"] == 0 and 0 < r["knn_top1"] <= 1 and 0 < r["knn1_top1"] <= 1 and r["reused"] is False
+        assert r["curve"][0]["epoch"] == 0 and r["curve"][-1]["epoch"] == c["overrides"]["epochs"]
+        assert (c.get("linear") is None) == ("linear" not in r)
+        run_dir = out_dir / "runs" / f"{c['name']}-seed0"
+        assert (run_dir / "report.md").is_file() and (run_dir / "backbone.safetensors").is_file()
+    md = (out_dir / "results.md").read_text()
+    assert f"Command: `stopgrad reproduce {name} --budget smoke --seeds 1 --out {out_dir}`" in md
+    for figure in record["figures"]:
+        assert (out_dir / figure).read_bytes()[:4] == b"\x89PNG" and f"]({figure})" in md
+
+
+def test_an_interrupted_experiment_reuses_its_finished_runs(run_cli, tmp_path):
+    out_dir = tmp_path / "nopred"
+    argv = ("reproduce", "gsg-no-predictor", "--budget", "smoke", "--seeds", "1", "--out", str(out_dir))
+    assert run_cli(*argv)[0] == 0
+    first = json.loads((out_dir / "results.json").read_text())
+    code, _, err = run_cli(*argv)  # the same command again: every run is read back, none retrained
+    assert code == 0, err
+    again = json.loads((out_dir / "results.json").read_text())
+    for a, b in zip(first["configurations"], again["configurations"]):
+        assert b["runs"][0]["reused"] is True and b["runs"][0]["knn_top1"] == a["runs"][0]["knn_top1"]

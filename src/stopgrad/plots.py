@@ -25,6 +25,7 @@ def plot_metrics(rows: list[dict], run_dir: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     for name, lines in LINES.items():
@@ -36,6 +37,7 @@ def plot_metrics(rows: list[dict], run_dir: Path) -> list[Path]:
         for key, points in series.items():
             ax.plot(*zip(*points), marker="o", markersize=3, label=lines[key])
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(CURVES[name])
         ax.grid(alpha=0.3)
         if len(series) > 1:

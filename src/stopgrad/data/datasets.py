@@ -42,6 +42,7 @@ class ImageData:
     test_y: torch.Tensor
     mean: tuple[float, ...]  # per-channel normalisation
     std: tuple[float, ...]
+    classes: tuple[str, ...] | None = None  # class names, label i is classes[i], where known
 
     @property
     def channels(self) -> int:
@@ -102,6 +103,10 @@ def _find_idx(dirs: list[Path], stem: str) -> Path | None:
     return None
 
 
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+
+
 def load_fashion_mnist(data_dir: str | None = None, download: bool = True) -> ImageData:
     dirs = _data_dirs(data_dir, [DEBIAN_FASHION_MNIST, CACHE / "fashion-mnist"])
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -118,15 +123,16 @@ def load_fashion_mnist(data_dir: str | None = None, download: bool = True) -> Im
                         "`sudo apt-get install dataset-fashion-mnist` or pass --data-dir")
     tx, ty, vx, vy = (torch.from_numpy(read_idx(p).copy()) for p in paths)
     return ImageData("fashion-mnist", tx[:, None], ty.long(), vx[:, None], vy.long(),
-                     mean=(0.2860,), std=(0.3530,))
+                     mean=(0.2860,), std=(0.3530,), classes=FASHION_MNIST_CLASSES)
 
 
 # ---------------------------------------------------------------- CIFAR (python pickle batches)
 _CIFAR = {
     "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
-                    test=["test_batch"], label="labels", tv="CIFAR10",
+                    test=["test_batch"], label="labels", tv="CIFAR10", meta=("batches.meta", "label_names"),
                     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
     "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], label="fine_labels",
+                     meta=("meta", "fine_label_names"),
                      tv="CIFAR100", mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
 }
 
@@ -164,7 +170,16 @@ def load_cifar(name: str, data_dir: str | None = None, download: bool = True) ->
                         "pass --data-dir pointing at the extracted python version")
     tx, ty = _read_cifar_batches(folder, spec["train"], spec["label"])
     vx, vy = _read_cifar_batches(folder, spec["test"], spec["label"])
-    return ImageData(name, tx, ty, vx, vy, spec["mean"], spec["std"])
+    return ImageData(name, tx, ty, vx, vy, spec["mean"], spec["std"], _cifar_classes(folder, spec["meta"]))
+
+
+def _cifar_classes(folder: Path, meta: tuple[str, str]) -> tuple[str, ...] | None:
+    """Class names from the batches' meta file, when it is there."""
+    try:
+        with open(folder / meta[0], "rb") as f:
+            return tuple(pickle.load(f, encoding="latin1")[meta[1]])
+    except (OSError, KeyError, pickle.UnpicklingError, EOFError):
+        return None
 
 
 # ---------------------------------------------------------------- scikit-learn digits
@@ -228,7 +243,7 @@ def load_folder(path: str, image_size: int | None = None, stream: bool | None = 
         tx, ty, classes = _list_folder(root / "train", size, None)
         vx, vy, _ = _list_folder(test_dir, size, classes)
     else:
-        x, y, _ = _list_folder(root, size, None)
+        x, y, classes = _list_folder(root, size, None)
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
         cut = max(1, int(0.9 * len(y)))
         tx, ty, vx, vy = x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
@@ -236,7 +251,7 @@ def load_folder(path: str, image_size: int | None = None, stream: bool | None = 
         stream = len(tx) * 3 * size * size > STREAM_BYTES
     if not stream:
         tx, vx = _decode_all(tx), _decode_all(vx)
-    return ImageData(f"folder:{path}", tx, ty, vx, vy, IMAGENET_MEAN, IMAGENET_STD)
+    return ImageData(f"folder:{path}", tx, ty, vx, vy, IMAGENET_MEAN, IMAGENET_STD, tuple(classes))
 
 
 def load_dataset(name: str, data_dir: str | None = None, image_size: int | None = None,

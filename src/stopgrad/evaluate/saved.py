@@ -122,7 +122,8 @@ def evaluate_saved(name: str, run_dir: Path, device: str | None = None, save: bo
         out.parent.mkdir(parents=True, exist_ok=True)
         n = options.get("samples", 2000)
         tsne_plot(run.backbone, d.test_x, d.test_y, d.mean, d.std, out, run.cfg.image_size, n=n,
-                  title=f"t-SNE, {run.cfg.method} ({run_dir.name})")
+                  title=f"t-SNE, {run.cfg.method} ({run_dir.name})",
+                  class_names=list(d.classes) if d.classes else None)
         result.update(figure=str(out), samples=min(n, len(d.test_x)))
     else:  # geometry
         from .geometry import geometry, plot_spectra

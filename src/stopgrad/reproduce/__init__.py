@@ -40,6 +40,11 @@ from ..config import ConfigError
 
 # name -> module inside stopgrad.reproduce, imported only when listed or run
 EXPERIMENTS: dict[str, str] = {
+    "gsg-table1": "gsg_table1",
+    "gsg-guiding": "gsg_guiding",
+    "gsg-no-predictor": "gsg_no_predictor",
+    "gsg-batch-size": "gsg_batch_size",
+    "gsg-equal-compute": "gsg_equal_compute",
     "eqco-toy": "eqco_toy",
     "eqco-k": "eqco_k",
 }
