@@ -204,10 +204,11 @@ def bench(cfg: Config, data: ImageData | None = None, *, steps: int = 20, warmup
     flops, gmac = _flops(s, views, derangement(b, g_cpu).to(dev), g)
     dtype = torch.bfloat16 if s.amp else torch.float32
     peak = matmul_tflops(dev, dtype)
+    model_tflops = flops * steps / train_s / 1e12
     out.update(gflop_per_step=round(flops / 1e9, 2), backbone_gmac_per_image=round(gmac / 1e9, 4),
-               model_tflops_per_s=round(flops * steps / train_s / 1e12, 3),
+               model_tflops_per_s=float(f"{model_tflops:.4g}"),
                matmul_tflops_per_s=round(peak, 2), matmul_dtype=str(dtype).replace("torch.", ""))
-    out["mfu"] = round(out["model_tflops_per_s"] / peak, 3)
+    out["mfu"] = float(f"{model_tflops / peak:.3g}")  # significant digits: tiny models on a busy CPU stay > 0
     log(f"model FLOPs: {out['gflop_per_step']} GFLOP/step ({out['backbone_gmac_per_image']} GMAC per image "
         f"forward), {out['model_tflops_per_s']} TFLOP/s = {100 * out['mfu']:.1f}% of a measured "
         f"{out['matmul_dtype']} matmul ({out['matmul_tflops_per_s']} TFLOP/s)")
