@@ -12,7 +12,8 @@ from pathlib import Path
 from . import __version__
 from .config import FIELDS, Config, ConfigError, build_config, presets
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
 
 
 class Parser(argparse.ArgumentParser):
@@ -115,6 +116,17 @@ def _config_flags(p) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=_whole_number, help="CPU threads")
+    r = p.add_argument_group("many processes and fault tolerance")
+    r.add_argument("--sync-bn", action="store_const", const=True,
+                   help="under torchrun: BatchNorm statistics over the global batch")
+    r.add_argument("--gsg-partners", choices=("local", "global"),
+                   help="under torchrun: GSG partners within each process's batch (default) or the global batch")
+    r.add_argument("--checkpoint-every", type=_whole_number, metavar="STEPS",
+                   help="also checkpoint every STEPS steps within an epoch (default: at epoch ends only)")
+    r.add_argument("--max-nan-skips", type=_whole_number, metavar="N",
+                   help="skip up to N steps whose loss is NaN or Inf instead of stopping the run (default 0)")
+    r.add_argument("--strict-data", action="store_const", const=True,
+                   help="an unreadable image in a folder is an error (default: skipped, with a count)")
 
 
 def _cmd_train(args) -> int:
@@ -132,6 +144,8 @@ def _cmd_train(args) -> int:
         cfg = build_config(args.config, overrides)
         run_dir = Path(args.out) if args.out else None
     result = train(cfg, run_dir, resume=bool(args.resume), progress=False if args.no_progress else None)
+    if not result["main"]:  # one of several processes: the main one reports
+        return 0
     init = result["knn_top1_init"]
     print(f"kNN top-1: {result['knn_top1']:.4f} (random init: {init:.4f})" if init is not None
           else f"kNN top-1: {result['knn_top1']:.4f}")
@@ -375,18 +389,27 @@ def make_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .control import NonFiniteLoss
     from .data.datasets import DataError
+    from .runs import RunError
+    from .train import Stopped
 
     args = make_parser().parse_args(argv)
     handlers = {"train": _cmd_train, "list": _cmd_list, "eval": _cmd_eval, "bench": _cmd_bench,
                 "reproduce": _cmd_reproduce, "compare": _cmd_compare}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, RunError) as exc:
         print(f"stopgrad: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NonFiniteLoss as exc:
+        print(f"stopgrad: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except Stopped as exc:
+        print(f"stopgrad: {exc}", file=sys.stderr)
+        return EXIT_SIGNAL[exc.signal_name]
     except KeyboardInterrupt:
-        print("stopgrad: interrupted; a training run continues from its last epoch with "
+        print("stopgrad: interrupted; a training run continues from its last checkpoint with "
               "`stopgrad train --resume DIR`", file=sys.stderr)
         return EXIT_INTERRUPTED
 

@@ -77,10 +77,16 @@ class Config:
     collapse_threshold: float = 0.2  # collapse alarm: sqrt(D) x the projection's collapse std (healthy ~1) under this
     collapse_patience: int = 3  # ... for this many consecutive evaluations raises the alarm
     stop_on_collapse: bool = False  # the alarm stops the run (its last checkpoint is kept)
+    # many processes (torchrun)
+    sync_bn: bool = False  # BatchNorm statistics over the global batch
+    gsg_partners: str = "local"  # GSG partners within each process's batch, or "global" (the whole batch)
     # running
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # CPU threads; default: torch's choice
+    checkpoint_every: int | None = None  # steps between mid-epoch checkpoints (also at every epoch's end)
+    max_nan_skips: int = 0  # non-finite losses skipped (no update) before the run stops
+    strict_data: bool = False  # an unreadable image is an error instead of being skipped
 
     def validate(self) -> "Config":
         def choice(key: str, options) -> None:
@@ -96,6 +102,7 @@ class Config:
         choice("lr_schedule", ("cosine", "constant"))
         choice("ema_schedule", ("constant", "cosine"))
         choice("fnc_mode", ("elimination", "attraction"))
+        choice("gsg_partners", ("local", "global"))
         for key in ("temperature", "bank_momentum", "triplet_margin"):
             if not getattr(self, key) >= 0 or (key == "temperature" and self.temperature == 0):
                 raise ConfigError(f"{key} must be {'positive' if key == 'temperature' else '>= 0'}, "
@@ -118,7 +125,7 @@ class Config:
         for key in ("lr", "knn_temperature"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        for key in ("channels_last", "eval_geometry", "stop_on_collapse"):
+        for key in ("channels_last", "eval_geometry", "stop_on_collapse", "sync_bn", "strict_data"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not self.collapse_threshold >= 0:
@@ -126,6 +133,10 @@ class Config:
         for key in ("amp", "stream"):
             if getattr(self, key) not in (None, True, False):
                 raise ConfigError(f"{key} must be true, false or null (automatic), got {getattr(self, key)!r}")
+        if self.checkpoint_every is not None and self.checkpoint_every <= 0:
+            raise ConfigError(f"checkpoint_every must be a positive number of steps, got {self.checkpoint_every}")
+        if self.max_nan_skips < 0:
+            raise ConfigError(f"max_nan_skips must be >= 0, got {self.max_nan_skips}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         for key in ("train_subset", "image_size", "threads"):

@@ -8,21 +8,30 @@ optimiser (fused on CUDA, foreach on CPU) and then the momentum copy, in that or
 once here. Nothing in a step waits for the device: losses and statistics are summed on the
 device and read once per epoch.
 
-Each epoch draws its shuffling, augmentation and partners from generators seeded by (seed, epoch),
-so a run resumed from an epoch checkpoint repeats the uninterrupted run exactly.
+Each epoch draws its shuffling, augmentation and partners from generators seeded by (seed, epoch)
+(and the process's rank, under torchrun), and a checkpoint holds everything else a step depends
+on: the model with its momentum copy and buffers, the optimiser, the epoch's order and the
+generators' positions when it is written mid-epoch, the statistics summed so far, the RNG states
+and the metrics. A run resumed from any checkpoint therefore repeats the uninterrupted run
+exactly. Checkpoints are written at the end of every epoch, every ``checkpoint_every`` steps,
+and when the run is asked to stop (SIGTERM, SIGINT); never after a non-finite loss.
+
+Under torchrun (:mod:`stopgrad.distributed`) every process trains on its shard of each global
+batch of ``batch_size`` images; only the main process writes files, evaluates and logs.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import runs
+from . import distributed, runs
 from .config import Config, ConfigError
+from .control import CHECK_EVERY, LossGuard, NonFiniteLoss, StopRequest, describe_terms
 from .data import RECIPES, augment, load_dataset
 from .data.datasets import ImageData
 from .data.stream import iter_batches
@@ -48,10 +57,16 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{data}-{cfg.method}-{cfg.stopgrad}-{stamp}"
 
 
-def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
-    """(device generator for shuffling/augmentation/random policy, CPU generator for partners)."""
-    g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
-    g_cpu = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 500_000)
+def epoch_generators(seed: int, epoch: int, device: torch.device, rank: int | None = None
+                     ) -> tuple[torch.Generator, torch.Generator]:
+    """(device generator for shuffling/augmentation/random policy, CPU generator for partners).
+
+    ``rank`` (under torchrun) gives each process its own streams for augmentation and partners;
+    the epoch's order is drawn from the shared ``rank=None`` generator on every process.
+    """
+    base = seed * 1_000_003 + epoch + (0 if rank is None else 1_000_000_007 * (rank + 1))
+    g = torch.Generator(device=device).manual_seed(base)
+    g_cpu = torch.Generator().manual_seed(base + 500_000)
     return g, g_cpu
 
 
@@ -108,16 +123,22 @@ class Setup:
     data: ImageData
     train_x: torch.Tensor  # uint8 on the device, or a FolderImages streamed from disk
     train_y: torch.Tensor  # labels, on the device (the statistics read them; no loss does)
-    model: torch.nn.Module
+    model: torch.nn.Module  # the method itself: its state is what checkpoints hold
     optimizer: torch.optim.Optimizer
     steps_per_epoch: int
-    forward: torch.nn.Module  # the model, or its compiled form
+    forward: torch.nn.Module  # the model, wrapped for DDP and/or compiled
     amp: bool
     channels_last: bool
+    context: distributed.Context = distributed.Context()
 
     @property
     def total_steps(self) -> int:
         return self.cfg.epochs * self.steps_per_epoch
+
+    @property
+    def local_batch(self) -> int:
+        """Images per step in this process: the global ``batch_size`` over the processes."""
+        return self.cfg.batch_size // self.context.world
 
     def evaluate(self, keep_spectra: bool = False) -> dict:
         """kNN and (with ``eval_geometry``) geometry of the current model; the run's training images are the bank."""
@@ -136,9 +157,18 @@ def new_model(cfg: Config, in_channels: int, num_images: int, device: torch.devi
 def build(cfg: Config, data: ImageData | None = None) -> Setup:
     cfg.validate()
     device = pick_device(cfg.device)
+    context = distributed.init(device.type)
+    if context.distributed:
+        if device.type == "cuda":
+            device = torch.device("cuda", context.local_rank)
+            torch.cuda.set_device(device)
+        if cfg.batch_size % context.world or cfg.batch_size // context.world < 2:
+            raise ConfigError(f"batch_size {cfg.batch_size} must split into {context.world} equal shards of at "
+                              f"least 2 images (the global batch is shared by the {context.world} processes)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, stream=cfg.stream)
+    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, stream=cfg.stream,
+                                strict=cfg.strict_data)
     train_x, train_y = training_images(cfg, data)
     steps = len(train_x) // cfg.batch_size
     if steps == 0:
@@ -147,19 +177,33 @@ def build(cfg: Config, data: ImageData | None = None) -> Setup:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     model = new_model(cfg, data.channels, len(train_x), device)
+    if cfg.sync_bn and context.distributed:
+        model = distributed.convert_sync_batchnorm(model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]  # the momentum copy is frozen
     optimizer = make_optimizer(trainable, cfg, device)
-    forward = torch.compile(model) if cfg.compile else model
+    forward = model
+    if context.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        # buffers (BatchNorm statistics, queues, memory banks) are kept consistent by the methods
+        # themselves; broadcasting them every step would cost a memory bank's size per step
+        forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                          broadcast_buffers=False)
+    if cfg.compile:
+        forward = torch.compile(forward)
     return Setup(cfg, device, data, train_x.to(device), train_y.to(device), model, optimizer, steps, forward, amp,
-                 channels_last)
+                 channels_last, context)
 
 
 def train_step(s: Setup, views: torch.Tensor, partners: torch.Tensor, g: torch.Generator | None,
                lr: float, momentum: float, indices: torch.Tensor | None = None,
-               labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               labels: torch.Tensor | None = None, guard: LossGuard | None = None, step: int = 0
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step on ready views; returns the (detached) loss and statistics, on the device.
+
+    With a ``guard``, a step whose loss is not finite is skipped (no update; ``guard.skipped``
+    counts it) while the guard allows, else :class:`~stopgrad.control.NonFiniteLoss` is raised.
 
     ``indices`` are the batch's positions in the training set (for methods with a memory bank),
     ``labels`` its labels (for the statistics only).
@@ -169,58 +213,157 @@ def train_step(s: Setup, views: torch.Tensor, partners: torch.Tensor, g: torch.G
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.amp):
         loss, stats = s.forward(views, partners, g, indices, labels)
     s.optimizer.zero_grad(set_to_none=True)
+    if guard is not None and guard.step_is_bad(loss, step):
+        if guard.over_budget():
+            raise NonFiniteLoss(f"the loss is not a number at step {step} ({describe_terms(loss, stats)}), "
+                                f"{guard.skipped} non-finite steps with --max-nan-skips {guard.max_skips}")
+        return loss.detach(), stats
     loss.backward()
     s.optimizer.step()
     s.model.update_momentum(momentum)
     return loss.detach(), stats
 
 
-def epoch_partners(s: Setup, g_cpu: torch.Generator, steps: int) -> torch.Tensor:
-    """(steps, B) partner indices of every step of an epoch, drawn on the host, copied to the device once."""
-    partners = torch.stack([derangement(s.cfg.batch_size, g_cpu) for _ in range(steps)])
-    partners = partners.pin_memory() if s.device.type == "cuda" else partners
-    return partners.to(s.device, non_blocking=True)
+@dataclass
+class EpochState:
+    """Where an epoch is: its order and partners, this process's generator, the statistics summed so far."""
+    epoch: int
+    order: torch.Tensor  # (N,) training-set indices; step i's global batch is order[i*B:(i+1)*B]
+    partners: torch.Tensor  # (steps, b) this process's partners (or (steps, B) global ones)
+    g: torch.Generator  # this process's augmentation / random-policy generator
+    done: int = 0  # steps finished
+    totals: dict = field(default_factory=dict)  # loss and statistics summed on the device
+    counts: dict = field(default_factory=dict)  # batches where each was defined (not NaN)
+    seconds: float = 0.0  # training time spent in this epoch so far
+    extra: dict = field(default_factory=dict)  # the method's epoch statistics (begin_epoch)
+    lr: float = 0.0
 
-
-def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) -> dict[str, float]:
-    """One epoch of training; returns the means of the loss and the method's statistics (one host sync).
-
-    A statistic that is NaN for a batch (e.g. FN similarity of a batch with no two images of a
-    class) is averaged over the other batches.
-
-    ``steps`` stops after that many steps (benchmarks time the training loop this way).
-    """
-    cfg = s.cfg
-    steps = s.steps_per_epoch if steps is None else min(steps, s.steps_per_epoch)
-    g, g_cpu = epoch_generators(cfg.seed, epoch, s.device)
-    recipe, mean, std = RECIPES[cfg.augment], s.data.mean, s.data.std
-    order = torch.randperm(len(s.train_x), generator=g, device=s.device)
-    partners = epoch_partners(s, g_cpu, steps)
-    warmup = int(cfg.warmup_epochs * s.steps_per_epoch)
-    totals: dict[str, torch.Tensor] = {}  # loss and the method's statistics, summed on the device
-    counts: dict[str, torch.Tensor] = {}  # batches where each was defined (not NaN)
-    batches = iter_batches(s.train_x, order[:steps * cfg.batch_size], cfg.batch_size, s.device,
-                           workers=cfg.workers)
-    s.model.train()
-    for i, batch in enumerate(batches):
-        step = (epoch - 1) * s.steps_per_epoch + i
-        lr = lr_at(step, s.total_steps, cfg.lr, cfg.lr_schedule, warmup)
-        views = make_views(batch, cfg.views, recipe, mean, std, cfg.image_size, g, s.channels_last)
-        indices = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        loss, stats = train_step(s, views, partners[i], g, lr,
-                                 momentum_at(step, s.total_steps, cfg.ema_momentum, cfg.ema_schedule), indices,
-                                 s.train_y[indices])
+    def add(self, loss: torch.Tensor, stats: dict) -> None:
         for key, value in {"loss": loss, **stats}.items():
             value = value.detach().float()
             defined = ~value.isnan()
             value = value.nan_to_num(0.0)
-            totals[key] = totals[key] + value if key in totals else value
-            counts[key] = counts[key] + defined if key in counts else defined.float()
+            self.totals[key] = self.totals[key] + value if key in self.totals else value
+            self.counts[key] = self.counts[key] + defined if key in self.counts else defined.float()
+
+    def means(self) -> dict:
+        """Means over the epoch's batches (of every process): one host synchronisation."""
+        names = list(self.totals)
+        if not names:
+            return {"lr": self.lr, **self.extra}
+        sums = torch.stack([self.totals[k] for k in names] + [self.counts[k] for k in names])
+        sums = distributed.all_reduce_mean(sums)  # the same ratio as the sums over processes
+        means = (sums[:len(names)] / sums[len(names):]).tolist()
+        return {**{k: None if math.isnan(v) else v for k, v in zip(names, means)}, "lr": self.lr, **self.extra}
+
+    def save(self) -> dict:
+        """This process's part of a mid-epoch checkpoint."""
+        return {"g": self.g.get_state(), "totals": {k: v.cpu() for k, v in self.totals.items()},
+                "counts": {k: v.cpu() for k, v in self.counts.items()}}
+
+
+def epoch_partners(s: Setup, g_cpu: torch.Generator, steps: int) -> torch.Tensor:
+    """(steps, b) partner indices of every step of an epoch, drawn on the host, copied to the device once.
+
+    Partners are drawn within each process's batch (b images), or within the global batch with
+    ``gsg_partners: global``.
+    """
+    n = s.cfg.batch_size if s.cfg.gsg_partners == "global" else s.local_batch
+    partners = torch.stack([derangement(n, g_cpu) for _ in range(steps)])
+    partners = partners.pin_memory() if s.device.type == "cuda" else partners
+    return partners.to(s.device, non_blocking=True)
+
+
+def start_epoch(s: Setup, epoch: int, steps: int) -> EpochState:
+    """Draw the epoch's order (the same on every process), its partners and this process's generator."""
+    ctx = s.context
+    g, g_cpu = epoch_generators(s.cfg.seed, epoch, s.device)
+    order = torch.randperm(len(s.train_x), generator=g, device=s.device)
+    if ctx.distributed:  # the order is shared; augmentation and (local) partners are each process's own
+        g, g_local = epoch_generators(s.cfg.seed, epoch, s.device, ctx.rank)
+        g_cpu = g_cpu if s.cfg.gsg_partners == "global" else g_local
+    return EpochState(epoch, order, epoch_partners(s, g_cpu, steps), g)
+
+
+def restore_epoch(s: Setup, saved: dict, steps: int) -> EpochState:
+    """The :class:`EpochState` of a mid-epoch checkpoint, for this process."""
+    mine = saved["processes"][s.context.rank]
+    g = torch.Generator(device=s.device)
+    g.set_state(mine["g"])
+    _, g_cpu = epoch_generators(s.cfg.seed, saved["epoch"], s.device,
+                                s.context.rank if s.context.distributed and s.cfg.gsg_partners != "global" else None)
+    state = EpochState(saved["epoch"], saved["order"].to(s.device), epoch_partners(s, g_cpu, steps), g,
+                       saved["done"], {k: v.to(s.device) for k, v in mine["totals"].items()},
+                       {k: v.to(s.device) for k, v in mine["counts"].items()}, saved["seconds"], saved["extra"],
+                       saved["lr"])
+    return state
+
+
+def local_order(s: Setup, order: torch.Tensor, steps: int) -> torch.Tensor:
+    """This process's images of every step, in order: its shard of each global batch."""
+    if not s.context.distributed:
+        return order[:steps * s.cfg.batch_size]
+    b, r = s.local_batch, s.context.rank
+    return order[:steps * s.cfg.batch_size].view(steps, s.cfg.batch_size)[:, r * b:(r + 1) * b].reshape(-1)
+
+
+def run_epoch(s: Setup, state: EpochState, steps: int, on_step=None, guard: LossGuard | None = None,
+              checkpoint=None, stop: StopRequest | None = None) -> bool:
+    """Train ``state``'s epoch from step ``state.done`` to ``steps``; False when stopped by ``stop``.
+
+    ``checkpoint(state)`` is called every ``checkpoint_every`` steps and when stopping. Host
+    reads (stop requests, deferred NaN checks) happen every step on one CPU process, else every
+    :data:`stopgrad.control.CHECK_EVERY` steps, always at the same step on every process.
+    """
+    cfg, b = s.cfg, s.local_batch
+    recipe, mean, std = RECIPES[cfg.augment], s.data.mean, s.data.std
+    warmup = int(cfg.warmup_epochs * s.steps_per_epoch)
+    mine = local_order(s, state.order, steps)
+    batches = iter_batches(s.train_x, mine[state.done * b:], b, s.device, workers=cfg.workers)
+    every = 1 if (s.device.type == "cpu" and not s.context.distributed) else CHECK_EVERY
+    s.model.train()
+    t0 = time.perf_counter()
+    for i, batch in zip(range(state.done, steps), batches):
+        step = (state.epoch - 1) * s.steps_per_epoch + i
+        state.lr = lr_at(step, s.total_steps, cfg.lr, cfg.lr_schedule, warmup)
+        views = make_views(batch, cfg.views, recipe, mean, std, cfg.image_size, state.g, s.channels_last)
+        indices = mine[i * b:(i + 1) * b]
+        skipped = guard.skipped if guard is not None else 0
+        loss, stats = train_step(s, views, state.partners[i], state.g, state.lr,
+                                 momentum_at(step, s.total_steps, cfg.ema_momentum, cfg.ema_schedule),
+                                 indices, s.train_y[indices], guard, step)
+        if guard is None or guard.skipped == skipped:  # a skipped step adds nothing to the epoch's means
+            state.add(loss, stats)
+        state.done = i + 1
         if on_step is not None:
             on_step()
-    names = list(totals)
-    means = (torch.stack([totals[k] for k in names]) / torch.stack([counts[k] for k in names])).tolist()  # one sync
-    return {**{k: None if math.isnan(v) else v for k, v in zip(names, means)}, "lr": lr}
+        save_now = bool(cfg.checkpoint_every) and (step + 1) % cfg.checkpoint_every == 0 and i + 1 < steps
+        if save_now or (i + 1) % every == 0 or i + 1 == steps:
+            if guard is not None and guard.deferred_bad():
+                raise NonFiniteLoss(f"the loss became non-finite between steps {step + 1 - every} and {step} "
+                                    f"(now: {describe_terms(loss, stats)})")
+            stopping = distributed.any_process(stop is not None and stop.requested)
+            if (save_now or stopping) and checkpoint is not None:
+                state.seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                checkpoint(state)
+            if stopping:
+                return False
+    state.seconds += time.perf_counter() - t0
+    return True
+
+
+def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) -> dict[str, float]:
+    """One whole epoch of training; returns the means of the loss and the method's statistics.
+
+    A statistic that is NaN for a batch (e.g. FN similarity of a batch with no two images of a
+    class) is averaged over the other batches. ``steps`` stops after that many steps
+    (benchmarks time the training loop this way).
+    """
+    steps = s.steps_per_epoch if steps is None else min(steps, s.steps_per_epoch)
+    state = start_epoch(s, epoch, steps)
+    run_epoch(s, state, steps, on_step)
+    return state.means()
 
 
 def _log(message: str, quiet: bool, error: bool = False) -> None:
@@ -252,13 +395,70 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return ", ".join(parts)
 
 
+class Stopped(Exception):
+    """The run stopped on request (SIGTERM, SIGINT) after writing a checkpoint."""
+
+    def __init__(self, signal_name: str, message: str):
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+def checkpoint_state(s: Setup, rows: list[dict], epoch: int, seconds: float, state: EpochState | None) -> dict:
+    """A complete checkpoint (see the module docstring); a collective call when there are several processes."""
+    processes = None
+    if state is not None:
+        parts = [state.save()]
+        if s.context.distributed:
+            import torch.distributed as dist
+            parts = [None] * s.context.world
+            dist.all_gather_object(parts, state.save())
+        processes = parts
+    rng = {"torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state(s.device) if s.device.type == "cuda" else None}
+    step = epoch * s.steps_per_epoch + (state.done if state is not None else 0)
+    in_epoch = None if state is None else {
+        "epoch": state.epoch, "done": state.done, "order": state.order.cpu(), "seconds": state.seconds,
+        "extra": state.extra, "lr": state.lr, "processes": processes}
+    return {"format": runs.CHECKPOINT_FORMAT, "config": s.cfg.to_dict(), "world": s.context.world,
+            "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(), "epoch": epoch, "step": step,
+            "seconds": seconds, "metrics": rows, "rng": rng, "in_epoch": in_epoch}
+
+
+def _resume(s: Setup, run_dir: Path, quiet: bool) -> tuple[list[dict], int, float, dict | None]:
+    """Load the run's checkpoint into ``s``: (metrics rows, epochs done, training seconds, mid-epoch state)."""
+    state = runs.load_checkpoint(run_dir, s.device, log=lambda m: _log(m, quiet, error=True))
+    path = run_dir / runs.CHECKPOINT
+    runs.check_checkpoint(state, s.cfg, path)
+    runs.load_model_state(s.model, state["model"], path)
+    s.optimizer.load_state_dict(state["optimizer"])
+    for group in s.optimizer.param_groups:  # the kernel choice belongs to this device, not the saved one
+        group.update(fused=s.optimizer.defaults["fused"], foreach=s.optimizer.defaults["foreach"])
+    epoch, seconds = state["epoch"], state["seconds"]
+    if "metrics" in state:
+        rows = state["metrics"]
+    else:  # a checkpoint of the first format: the metrics file up to its epoch
+        rows = [r for r in runs.read_metrics(run_dir) if r["epoch"] <= epoch]
+    rng = state.get("rng") or {}
+    if rng.get("torch") is not None:
+        torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and s.device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], s.device)
+    in_epoch = state.get("in_epoch")
+    if in_epoch is not None and state.get("world", 1) != s.context.world:
+        raise ConfigError(f"{path} was written mid-epoch by {state.get('world', 1)} processes; resume it with "
+                          f"the same number of processes (this run has {s.context.world})")
+    return rows, epoch, seconds, in_epoch
+
+
 def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, stop_after: int | None = None,
           quiet: bool = False, progress: bool | None = None, data: ImageData | None = None) -> dict:
     """Train (or resume) a run; returns a summary with the final kNN top-1 and the run directory.
 
     ``stop_after`` ends the session after that epoch (the run can be resumed); ``progress=None``
     shows a progress bar only on a terminal. With ``stop_on_collapse`` the collapse alarm ends the
-    run early (``result["stopped"] == "collapse"``), its last checkpoint kept.
+    run early (``result["stopped"] == "collapse"``), its last checkpoint kept. SIGTERM or SIGINT
+    end it after the current step with a checkpoint (:class:`Stopped`); a non-finite loss ends it
+    without one (:class:`~stopgrad.control.NonFiniteLoss`, the last good checkpoint untouched).
     """
     from tqdm import tqdm
 
@@ -268,78 +468,123 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
     if not resume and (run_dir / runs.CONFIG_FILE).exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with `stopgrad train --resume {run_dir}` "
                           "or choose another --out")
+    if resume and not runs.has_checkpoint(run_dir):  # stopped before its first checkpoint: start it again
+        _log(f"{run_dir} has no checkpoint yet: the run starts from the beginning", quiet)
+        resume = False
     s = build(cfg, data)
+    main = s.context.main
+    if main and not resume:
+        runs.check_writable(run_dir)
+    quiet = quiet or not main
+    if s.data.skipped:
+        _log(f"skipped {len(s.data.skipped)} unreadable image(s), the first: {s.data.skipped[0]} "
+             "(--strict-data makes this an error)", quiet, error=True)
     alarm = None
     if cfg.eval_geometry and cfg.collapse_threshold > 0:
         size = cfg.image_size or s.data.image_size
         alarm = CollapseAlarm(cfg.collapse_threshold, cfg.collapse_patience,
                               projection_dim(s.model, s.data.channels, size, s.device))
     rows: list[dict] = []
-    start_epoch, seconds = 0, 0.0
+    start_epoch_done, seconds, in_epoch = 0, 0.0, None
     if resume:
-        state = runs.load_checkpoint(run_dir, s.device)
-        s.model.load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        for group in s.optimizer.param_groups:  # the kernel choice belongs to this device, not the saved one
-            group.update(fused=s.optimizer.defaults["fused"], foreach=s.optimizer.defaults["foreach"])
-        start_epoch, seconds = state["epoch"], state["seconds"]
-        rows = [r for r in runs.read_metrics(run_dir) if r["epoch"] <= start_epoch]
-        runs.write_metrics(run_dir, rows)  # drop lines from an epoch that never reached its checkpoint
+        rows, start_epoch_done, seconds, in_epoch = _resume(s, run_dir, quiet)
+        if main:
+            runs.write_metrics(run_dir, rows)  # drop lines from an epoch that never reached its checkpoint
         for r in rows[1:]:  # the alarm's state as it was
             if alarm is not None and r.get("knn_top1") is not None:
                 alarm.update(r["epoch"], r)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_config(run_dir, cfg, str(s.device))
         rows = [{"epoch": 0, "step": 0, "loss": None, "lr": lr_at(0, s.total_steps, cfg.lr, cfg.lr_schedule),
                  "collapse_std": None, "seconds": 0.0}]
-        _evaluate(s, run_dir, rows[0])
-        runs.write_metrics(run_dir, rows)
-        _log(f"epoch 0 (random init): kNN top-1 {rows[0]['knn_top1']:.4f} (k=1: {rows[0]['knn1_top1']:.4f})", quiet)
-
-    bar = tqdm(total=s.total_steps, initial=start_epoch * s.steps_per_epoch, unit="step", dynamic_ncols=True,
-               disable=(not progress) if progress is not None else None, leave=False)
-    last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
-    stopped = None
-    try:
-        for epoch in range(start_epoch + 1, last_epoch + 1):
-            if s.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            stats = train_epoch(s, epoch, on_step=bar.update)
-            epoch_seconds = time.perf_counter() - t0
-            seconds += epoch_seconds
-            row = {"epoch": epoch, "step": epoch * s.steps_per_epoch, **stats, "knn_top1": None,
-                   "collapse_std": stats["collapse_std"], "seconds": round(seconds, 3),
-                   "images_per_second": round(s.steps_per_epoch * cfg.batch_size / epoch_seconds, 1)}
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                _evaluate(s, run_dir, row)
-                if alarm is not None and alarm.update(epoch, row):
-                    row["collapse_alarm"] = True
-            rows.append(row)
-            # checkpoint first, then the metrics that refer to it
-            runs.save_checkpoint(run_dir, {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-                                           "epoch": epoch, "step": row["step"], "seconds": seconds})
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            runs.write_config(run_dir, cfg, str(s.device), s.context.world)
+            _evaluate(s, run_dir, rows[0])
             runs.write_metrics(run_dir, rows)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", knn=row["knn_top1"])
-            _log(_epoch_line(row, cfg.epochs), quiet)
-            if row.get("collapse_alarm"):
-                if cfg.stop_on_collapse and epoch < cfg.epochs:
-                    stopped = "collapse"
-                    _log(f"{alarm.message()}; stopping (stop_on_collapse) with the checkpoint of epoch {epoch} "
-                         f"kept in {run_dir / runs.CHECKPOINT}", quiet, error=True)
-                    break
-                _log(alarm.message(), quiet, error=True)
+            _log(f"epoch 0 (random init): kNN top-1 {rows[0]['knn_top1']:.4f} (k=1: {rows[0]['knn1_top1']:.4f})",
+                 quiet)
+        distributed.barrier()
+
+    done_steps = start_epoch_done * s.steps_per_epoch + (in_epoch["done"] if in_epoch else 0)
+    bar = tqdm(total=s.total_steps, initial=done_steps, unit="step", dynamic_ncols=True,
+               disable=(not progress or not main) if progress is not None else (None if main else True), leave=False)
+    last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    guard = LossGuard(s.device, cfg.max_nan_skips)
+    stopped = None
+
+    saved: list[str] = []  # what the last checkpoint holds, for messages
+
+    def save(state: EpochState | None, epoch_done: int, total_seconds: float) -> None:
+        """``total_seconds``: training time of the finished epochs (the epoch in progress keeps its own)."""
+        ckpt = checkpoint_state(s, rows, epoch_done, total_seconds, state)  # collective: every process
+        if main:
+            runs.save_checkpoint(run_dir, ckpt)
+        saved.append(f"epoch {epoch_done}" if state is None else f"epoch {state.epoch}, step {state.done}")
+
+    try:
+        with StopRequest() as stop:
+            for epoch in range(start_epoch_done + 1, last_epoch + 1):
+                if s.device.type == "cuda":
+                    torch.cuda.synchronize()
+                if in_epoch is not None and in_epoch["epoch"] == epoch:
+                    state = restore_epoch(s, in_epoch, s.steps_per_epoch)
+                else:
+                    state = start_epoch(s, epoch, s.steps_per_epoch)
+                in_epoch = None
+                finished = run_epoch(s, state, s.steps_per_epoch, bar.update, guard,
+                                     lambda st, e=epoch: save(st, e - 1, seconds), stop)
+                if not finished:
+                    where = f"epoch {epoch}, step {state.done} of {s.steps_per_epoch}"
+                    raise Stopped(stop.signal_name, f"stopped by {stop.signal_name} at {where}; the checkpoint is "
+                                                    f"written: continue with `stopgrad train --resume {run_dir}`")
+                stats = state.means()
+                if stats.get("loss") is not None and not math.isfinite(stats["loss"]):
+                    raise NonFiniteLoss(f"the loss of epoch {epoch} is not a number ({stats['loss']})")
+                seconds += state.seconds
+                row = {"epoch": epoch, "step": epoch * s.steps_per_epoch, **stats, "knn_top1": None,
+                       "collapse_std": stats.get("collapse_std"), "seconds": round(seconds, 3),
+                       "images_per_second": round(s.steps_per_epoch * cfg.batch_size / max(state.seconds, 1e-9), 1)}
+                if guard.skipped:
+                    row["skipped_steps"] = guard.skipped
+                alarm_raised = False
+                if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                    if main:
+                        _evaluate(s, run_dir, row)
+                        if alarm is not None and alarm.update(epoch, row):
+                            row["collapse_alarm"] = alarm_raised = True
+                    distributed.barrier()
+                    alarm_raised = distributed.broadcast_object(alarm_raised)
+                rows.append(row)
+                save(None, epoch, seconds)  # checkpoint first, then the metrics that refer to it
+                if main:
+                    runs.write_metrics(run_dir, rows)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", knn=row["knn_top1"])
+                _log(_epoch_line(row, cfg.epochs), quiet)
+                if alarm_raised:
+                    message = alarm.message() if alarm is not None else "collapse alarm"
+                    if cfg.stop_on_collapse and epoch < cfg.epochs:
+                        stopped = "collapse"
+                        _log(f"{message}; stopping (stop_on_collapse) with the checkpoint of epoch {epoch} "
+                             f"kept in {run_dir / runs.CHECKPOINT}", quiet, error=True)
+                        break
+                    _log(message, quiet, error=True)
+    except NonFiniteLoss as exc:
+        kept = (f"the last good checkpoint ({saved[-1] if saved else f'epoch {start_epoch_done}'}) in "
+                f"{run_dir / runs.CHECKPOINT} is untouched" if saved or resume else "no checkpoint was written")
+        raise NonFiniteLoss(f"{exc}; the run stopped and {kept}; lower --lr, check the data, or let a few bad "
+                            "steps be skipped with --max-nan-skips N") from None
     finally:
         bar.close()
-        if rows:
+        if rows and main:
             from .plots import plot_metrics
             plot_metrics(rows, run_dir)
+            write_report(run_dir, cfg, rows)
     finished = rows[-1]["epoch"] == cfg.epochs
-    if finished:
+    if finished and main:
         runs.save_backbone(run_dir, s.model.backbone)
-    write_report(run_dir, cfg, rows)
+        write_report(run_dir, cfg, rows)
     evaluated = [r for r in rows if r.get("knn_top1") is not None]
     return {"run_dir": str(run_dir), "finished": finished, "epoch": rows[-1]["epoch"],
-            "knn_top1": evaluated[-1]["knn_top1"], "knn_top1_init": rows[0]["knn_top1"], "seconds": seconds,
-            "stopped": stopped, "collapse_alarm": any(r.get("collapse_alarm") for r in rows), "metrics": rows}
+            "knn_top1": evaluated[-1]["knn_top1"] if evaluated else None,
+            "knn_top1_init": rows[0].get("knn_top1"), "seconds": seconds, "stopped": stopped,
+            "collapse_alarm": any(r.get("collapse_alarm") for r in rows), "metrics": rows, "main": main}

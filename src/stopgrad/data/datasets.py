@@ -43,6 +43,7 @@ class ImageData:
     mean: tuple[float, ...]  # per-channel normalisation
     std: tuple[float, ...]
     classes: tuple[str, ...] | None = None  # class names, label i is classes[i], where known
+    skipped: tuple[str, ...] = ()  # why each unreadable file was left out (image folders)
 
     @property
     def channels(self) -> int:
@@ -212,27 +213,77 @@ def _list_folder(root: Path, size: int, classes: list[str] | None) -> tuple[Fold
     return FolderImages([p for p, _ in ds.samples], size), torch.tensor(ds.targets, dtype=torch.long), ds.classes
 
 
+class _Checked:
+    """Each file decoded (``decode=True``) or only opened (the header read), reporting failures
+    instead of raising, so that a DataLoader can check a whole split in worker processes."""
+
+    def __init__(self, images: FolderImages, decode: bool):
+        self.images, self.decode = images, decode
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        try:
+            if self.decode:
+                return self.images.decode(i), ""
+            with Image.open(self.images.paths_at(i)) as im:
+                im.size  # the header parses
+            return torch.zeros(0, dtype=torch.uint8), ""
+        except DataError as exc:
+            return torch.zeros(self.images.shape[1:], dtype=torch.uint8), str(exc)
+        except Exception as exc:  # not an image, unreadable
+            reason = str(exc).strip().split("\n")[0][:100]
+            return torch.zeros(0, dtype=torch.uint8), (f"cannot read image {self.images.paths_at(i)} "
+                                                       f"({type(exc).__name__}: {reason})")
+
+
+def _collate(items):
+    tensors, errors = zip(*items)
+    return (torch.stack(tensors) if tensors[0].numel() else None), list(errors)
+
+
+def check_images(images: FolderImages, decode: bool, strict: bool
+                 ) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
+    """Decode (or, for streamed folders, open) every file once, in worker processes when there are many.
+
+    Returns (the decoded uint8 images of the readable files, or None when not decoding; a boolean
+    mask of the readable files; the messages of the unreadable ones). With ``strict`` the first
+    unreadable file is a :class:`DataError`.
+    """
+    from torch.utils.data import DataLoader
+    workers = min(8, os.cpu_count() or 1) if len(images) >= 2048 else 0
+    loader = DataLoader(_Checked(images, decode), batch_size=256, num_workers=workers, collate_fn=_collate)
+    decoded, errors = [], []
+    for batch, batch_errors in loader:
+        if batch is not None:
+            decoded.append(batch)
+        errors += batch_errors
+    ok = torch.tensor([not e for e in errors], dtype=torch.bool)
+    bad = [e for e in errors if e]
+    if bad and strict:
+        raise DataError(f"{bad[0]}; remove or fix the file (without --strict-data unreadable images are skipped)")
+    images_out = torch.cat(decoded)[ok] if decode and decoded else None
+    return images_out, ok, bad
+
+
 def _decode_all(images: FolderImages) -> torch.Tensor:
-    """Decode every file into one uint8 tensor, in parallel worker processes when there are many."""
-    from .stream import iter_batches
-    out = torch.empty(images.shape, dtype=torch.uint8)
-    batches = iter_batches(images, torch.arange(len(images)), 256, "cpu", drop_last=False,
-                           workers=None if len(images) >= 2048 else 0)
-    i = 0
-    for batch in batches:
-        out[i:i + len(batch)] = batch
-        i += len(batch)
-    return out
+    """Decode every file into one uint8 tensor (unreadable files are an error)."""
+    return check_images(images, decode=True, strict=True)[0]
 
 
-def load_folder(path: str, image_size: int | None = None, stream: bool | None = None) -> ImageData:
+def load_folder(path: str, image_size: int | None = None, stream: bool | None = None,
+                strict: bool = False) -> ImageData:
     """``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` (or ``test/``), as RGB images.
 
     Without a train/ sub-folder, ``PATH/<class>/*`` is split 90/10 with a fixed seed.
     Images are resized (shorter side) and centre-cropped to ``image_size`` (default 64).
     ``stream=True`` keeps both splits on disk as ``FolderImages`` (decoded batch by batch), False
     decodes them into memory once, None (auto) streams when the decoded training split would
-    exceed 2 GiB.
+    exceed 2 GiB. Every file is checked once here (decoded, or for streamed folders opened):
+    unreadable ones are skipped and listed in ``ImageData.skipped``, or with ``strict`` they are
+    an error.
     """
     root = Path(path)
     if not root.is_dir():
@@ -249,14 +300,20 @@ def load_folder(path: str, image_size: int | None = None, stream: bool | None = 
         tx, ty, vx, vy = x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
     if stream is None:
         stream = len(tx) * 3 * size * size > STREAM_BYTES
-    if not stream:
-        tx, vx = _decode_all(tx), _decode_all(vx)
-    return ImageData(f"folder:{path}", tx, ty, vx, vy, IMAGENET_MEAN, IMAGENET_STD, tuple(classes))
+    skipped: list[str] = []
+    splits = []
+    for files, labels in ((tx, ty), (vx, vy)):
+        decoded, ok, bad = check_images(files, decode=not stream, strict=strict)
+        skipped += bad
+        splits += [decoded if decoded is not None else files[ok.nonzero().flatten()], labels[ok]]
+    if len(splits[0]) == 0:
+        raise DataError(f"no readable training images in {path} ({len(skipped)} unreadable); check the folder")
+    return ImageData(f"folder:{path}", *splits, IMAGENET_MEAN, IMAGENET_STD, tuple(classes), tuple(skipped))
 
 
 def load_dataset(name: str, data_dir: str | None = None, image_size: int | None = None,
-                 download: bool = True, stream: bool | None = None) -> ImageData:
-    """The named data set; ``stream`` applies to ``folder:PATH`` (see ``load_folder``)."""
+                 download: bool = True, stream: bool | None = None, strict: bool = False) -> ImageData:
+    """The named data set; ``stream`` and ``strict`` apply to ``folder:PATH`` (see ``load_folder``)."""
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir, download)
     if name in _CIFAR:
@@ -264,5 +321,5 @@ def load_dataset(name: str, data_dir: str | None = None, image_size: int | None 
     if name == "digits":
         return load_digits_data()
     if name.startswith("folder:") and len(name) > len("folder:"):
-        return load_folder(name[len("folder:"):], image_size, stream)
+        return load_folder(name[len("folder:"):], image_size, stream, strict)
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

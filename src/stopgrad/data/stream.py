@@ -76,6 +76,9 @@ class FolderImages:
     def paths(self) -> list[str]:
         return [os.fsdecode(p) for p in self._paths]
 
+    def paths_at(self, i: int) -> str:
+        return os.fsdecode(self._paths[i])
+
     def decode(self, i: int) -> torch.Tensor:
         """uint8 (3, S, S) image of file ``i``."""
         return decode_file(os.fsdecode(self._paths[i]), self.size)

@@ -42,13 +42,14 @@ class LoadedRun:
 def load_run(run_dir: Path, device: str | None = None, whole_model: bool = False) -> LoadedRun:
     """Config, data and weights of a run; ``whole_model`` also loads the heads (from the checkpoint)."""
     from ..backbones import build_backbone
-    from ..runs import BACKBONE_FILE, CHECKPOINT, load_backbone_state, load_checkpoint, read_config
+    from ..runs import (BACKBONE_FILE, CHECKPOINT, check_checkpoint, load_backbone_state, load_checkpoint,
+                        load_model_state, read_config)
     from ..train import new_model, pick_device, training_images
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     dev = pick_device(device or cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, stream=cfg.stream)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, stream=cfg.stream, strict=cfg.strict_data)
     train_x, train_y = training_images(cfg, data)
     has_backbone, has_checkpoint = (run_dir / BACKBONE_FILE).is_file(), (run_dir / CHECKPOINT).is_file()
     if not has_backbone and not has_checkpoint:
@@ -56,16 +57,19 @@ def load_run(run_dir: Path, device: str | None = None, whole_model: bool = False
                           "evaluate a run that has finished at least one epoch")
     if whole_model and has_checkpoint:
         model = new_model(cfg, data.channels, len(train_x), dev)
-        model.load_state_dict(load_checkpoint(run_dir, dev)["model"])
+        state = load_checkpoint(run_dir, dev)
+        check_checkpoint(state, cfg, run_dir / CHECKPOINT)
+        load_model_state(model, state["model"], run_dir / CHECKPOINT)
         return LoadedRun(cfg, data, train_x, train_y, model, model.backbone, CHECKPOINT)
     backbone = build_backbone(cfg.backbone, data.channels, cfg.width)
     if has_backbone:
         state, source = load_backbone_state(run_dir / BACKBONE_FILE), BACKBONE_FILE
     else:
-        model_state = load_checkpoint(run_dir, "cpu")["model"]
-        state = {k[len("backbone."):]: v for k, v in model_state.items() if k.startswith("backbone.")}
+        checkpoint = load_checkpoint(run_dir, "cpu")
+        check_checkpoint(checkpoint, cfg, run_dir / CHECKPOINT)
+        state = {k[len("backbone."):]: v for k, v in checkpoint["model"].items() if k.startswith("backbone.")}
         source = CHECKPOINT
-    backbone.load_state_dict(state)
+    load_model_state(backbone, state, run_dir / source)
     backbone.to(dev)
     return LoadedRun(cfg, data, train_x, train_y, backbone, backbone, source)
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import gather_views
 from ..losses import eqco_margin
 
 
@@ -105,11 +106,15 @@ class InBatchContrastive(nn.Module):
 
     def embed(self, views: torch.Tensor, n_views: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
         """(n_views, B, D) float32 embeddings of the first ``n_views`` views, from one encoder
-        call, and the raw (n_views * B, D) output for the statistics."""
+        call, and the raw (n_views * b, D) output of this process's b images for the statistics.
+
+        Under torchrun B is the global batch: every process's rows, gathered with their gradient
+        (:func:`stopgrad.distributed.gather_views`), so the loss's negatives span the global batch.
+        """
         n_views = min(n_views, views.shape[0])
         z = self.projector(self.backbone(views[:n_views].flatten(0, 1)))
         # the loss in float32 whatever precision the networks ran in (bfloat16 under autocast)
-        return z.float().unflatten(0, (n_views, views.shape[1])), z
+        return gather_views(z.float().unflatten(0, (n_views, views.shape[1]))), z
 
     def negatives(self, batch: int) -> int:
         """K, the physical negatives per query of a batch of ``batch`` images."""

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..losses import info_nce
 from .common import contrast_stats, float32_loss, resolve_margin
 
@@ -116,18 +117,20 @@ class InstDisc(nn.Module):
         if n_rows == 0:
             raise RuntimeError("instdisc's memory bank has no rows: call model.set_num_images(len(train_x)) "
                                "before training (or build with num_images / cfg.train_subset)")
-        k = min(self.num_negatives, n_rows - batch)
+        k = min(self.num_negatives, n_rows - batch * distributed.world())
         if k < 1:
             raise ValueError(f"instdisc needs more training images than the batch size ({n_rows} <= {batch})")
         z = self.encode(views.flatten(0, 1))  # (V*B, D), view-major
+        everyone = distributed.gather_constant(indices)  # the global batch: no process's images are negatives
         with torch.no_grad():  # stop-gradient: positives and negatives are bank rows (copies)
             positives = self.bank[indices].repeat(n_views, 1)
-            negatives = self.bank[sample_negatives(n_rows, k, indices, generator)]
+            negatives = self.bank[sample_negatives(n_rows, k, everyone, generator)]
         margin = resolve_margin(self.temperature, self.eqco_alpha, k)
         with float32_loss(z):
             loss = info_nce(z.float(), positives, negatives, self.temperature, margin)
-        if self.training:  # after the loss (which holds copies of the rows it read)
-            self.update_bank(indices, z.detach().unflatten(0, (n_views, batch)))
+        if self.training:  # after the loss (which holds copies of the rows it read); every process the same rows
+            views_z = distributed.gather_views(z.detach().unflatten(0, (n_views, batch)), constant=True)
+            self.update_bank(everyone, views_z)
         return loss, contrast_stats(loss, k, margin, self.temperature, z, labels)
 
 

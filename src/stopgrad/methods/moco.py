@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import heads
+from .. import distributed, heads
 from ..ema import ema_update, momentum_copy
 from ..gsg import select_sources
 from ..losses import info_nce, info_nce_in_batch
@@ -47,6 +47,24 @@ def grouped_encode(encoder: nn.Module, x: torch.Tensor, groups: int, strided: bo
     sizes = [len(range(h, batch, groups)) for h in range(groups)]
     out = torch.cat([encoder(part) for part in x[order].split(sizes)])
     return out[torch.argsort(order)]  # un-permute
+
+
+@torch.no_grad()
+def shuffled_encode(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``encoder`` on a random shard of the global batch, outputs returned for this process's own rows.
+
+    MoCo's shuffle-BN across processes: the global batch is permuted (one permutation, drawn by
+    the main process), each process encodes its shard of the permuted batch (its BatchNorm
+    statistics come from other images than its queries'), and the outputs are put back in order.
+    """
+    everyone = distributed.gather_constant(x)  # (W * b, ...)
+    perm = torch.randperm(len(everyone), device=x.device) if distributed.rank() == 0 else \
+        torch.empty(len(everyone), dtype=torch.long, device=x.device)
+    torch.distributed.broadcast(perm, src=0)
+    b, r = len(x), distributed.rank()
+    mine = perm[r * b:(r + 1) * b]  # the global rows this process encodes
+    out = distributed.gather_constant(encoder(everyone[mine]))  # (W * b, D) in permuted order
+    return out[torch.argsort(perm)][r * b:(r + 1) * b]  # unshuffled; this process's rows
 
 
 def moco_projector(in_dim: int, hidden: list[int], out_dim: int = MOCO_DIM, batch_norm: bool = False) -> nn.Sequential:
@@ -128,7 +146,10 @@ class MoCoV2(MomentumContrast):
 
     @torch.no_grad()
     def keys(self, views: torch.Tensor) -> torch.Tensor:
-        """(2, B, D) L2-normalised float32 keys of both views: key encoder in strided BN groups."""
+        """(2, B, D) L2-normalised float32 keys of both views: key encoder in strided BN groups, or
+        under torchrun in shuffled shards of the global batch (MoCo's shuffle-BN)."""
+        if distributed.active():
+            return torch.stack([F.normalize(shuffled_encode(self.key_encoder, v).float(), dim=1) for v in views])
         groups = ghost_groups(views.shape[1])
         return torch.stack([F.normalize(grouped_encode(self.key_encoder, v, groups, strided=True).float(), dim=1)
                             for v in views])
@@ -151,7 +172,7 @@ class MoCoV2(MomentumContrast):
         """
         if views.shape[0] != 2:
             raise ValueError(f"moco-v2 takes 2 views, got {views.shape[0]}")
-        groups = ghost_groups(views.shape[1])
+        groups = 1 if distributed.active() else ghost_groups(views.shape[1])  # several processes: BN per process
         z = torch.stack([grouped_encode(self.encode, v, groups) for v in views])  # (2, B, D) with gradient
         q = z.float()  # the loss in float32 whatever precision the networks ran in
         k = self.keys(views)  # stop-gradient: computed under no_grad by the momentum encoder
@@ -160,8 +181,8 @@ class MoCoV2(MomentumContrast):
         margin = resolve_margin(t, self.eqco_alpha, size)
         with float32_loss(q):
             loss = 0.5 * (info_nce(q[0], k[1], negatives, t, margin) + info_nce(q[1], k[0], negatives, t, margin))
-        if self.training:
-            self.enqueue(k.flatten(0, 1))  # after the loss: a batch never meets its own keys as negatives
+        if self.training:  # after the loss: a batch never meets its own keys as negatives
+            self.enqueue(distributed.gather_views(k, constant=True).flatten(0, 1))  # every process's keys
         return loss, contrast_stats(loss, size, margin, t, z.flatten(0, 1), labels)
 
 
@@ -245,12 +266,17 @@ class MoCoV3(MomentumContrast):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of a (V, B, C, H, W) batch, V = 2 or 4; ``generator`` drives the ``random`` policy;
         ``labels`` only reach the statistics."""
-        n_views, batch = views.shape[:2]
+        n_views, local = views.shape[:2]
         flat = views.flatten(0, 1)
         z = self.encode(flat)
-        p = self.predictor(z).float().unflatten(0, (n_views, batch))  # queries, float32 for the loss
+        # under torchrun the global batch (gradient flowing back to every process's rows), and the
+        # partners as global indices: every process computes the global batch's loss
+        p = distributed.gather_views(self.predictor(z).float().unflatten(0, (n_views, local)))  # queries, float32
         with torch.no_grad():  # stop-gradient: keys from the momentum encoder
-            k = self.key_encoder(flat).float().unflatten(0, (n_views, batch))
+            k = distributed.gather_views(self.key_encoder(flat).float().unflatten(0, (n_views, local)), constant=True)
+        batch = p.shape[1]
+        if len(partners) != batch:  # partners within each process's batch
+            partners = distributed.gather_constant(distributed.offset(partners, local))
         t = self.temperature
         margin = resolve_margin(t, self.eqco_alpha, batch - 1)
         with float32_loss(p):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import distributed
 from ..ema import ema_update, momentum_copy
 from ..gsg import pair_loss
 from .common import embedding_stats
@@ -50,7 +51,8 @@ class Siamese(nn.Module):
             views: (V, B, C, H, W) augmented views, V = 2 or 4. With 4 views the partner role of
                 each image uses its views 3 and 4 (the faithful mode); with 2 views its own two
                 views are reused for the partner role (the equal-compute mode).
-            partners: (B,) index of each image's partner, a derangement.
+            partners: (B,) index of each image's partner, a derangement; under torchrun with
+                ``gsg_partners: global``, (W * B,) partners within the global batch.
             generator: drives the ``random`` policy.
             indices: unused (the images' training-set positions, for methods with a memory).
             labels: (B,) the images' labels, or None; read only by the statistics.
@@ -68,6 +70,8 @@ class Siamese(nn.Module):
         else:
             with torch.no_grad():
                 targets = self.target(flat).float().unflatten(0, (n_views, batch))
+        if len(partners) != batch:  # global partners (torchrun, gsg_partners: global): the global batch's loss
+            p, targets = distributed.gather_views(p), distributed.gather_views(targets, constant=True)
         role_b = slice(2, 4) if n_views == 4 else slice(0, 2)
         loss = pair_loss(p[:2], targets[:2], p[role_b][:, partners], targets[role_b][:, partners],
                          self.policy, generator)

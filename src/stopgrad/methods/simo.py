@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import heads
+from .. import distributed, heads
 from ..losses import info_nce_in_batch
 from .common import contrast_stats, float32_loss, resolve_margin
 from .moco import MomentumContrast, moco_projector
@@ -66,12 +66,13 @@ class SiMo(MomentumContrast):
         ``labels`` only reach the statistics."""
         if views.shape[0] != 2:
             raise ValueError(f"simo takes 2 views, got {views.shape[0]}")
-        batch = views.shape[1]
+        local = views.shape[1]
         flat = views.flatten(0, 1)
         z = self.encode(flat)
-        q = z.float().unflatten(0, (2, batch))
+        q = distributed.gather_views(z.float().unflatten(0, (2, local)))  # under torchrun: the global batch
         with torch.no_grad():  # stop-gradient: positives and negatives from the momentum encoder
-            k = self.key_encoder(flat).float().unflatten(0, (2, batch))
+            k = distributed.gather_views(self.key_encoder(flat).float().unflatten(0, (2, local)), constant=True)
+        batch = q.shape[1]
         n_neg = batch - 1 if self.num_negatives is None else min(self.num_negatives, batch - 1)
         negatives = [None, None] if n_neg == batch - 1 else \
             [sample_in_batch_negatives(batch, n_neg, generator, q.device) for _ in range(2)]
