@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -175,6 +176,29 @@ def train_step(s: Setup, views: torch.Tensor, partners: torch.Tensor, g: torch.G
     return loss.detach(), stats
 
 
+@dataclass
+class EpochContext:
+    """What a method's ``begin_epoch(ctx, order) -> (order, stats)`` hook reads (SPCL: embed and
+    cluster the training set, then build the epoch's batches). Its random draws come from
+    ``generator``, the epoch's device generator, or from seeds of (``seed``, ``epoch``)."""
+    epoch: int
+    seed: int
+    images: torch.Tensor  # the training images: uint8 (N, C, H, W) on the device, or a streamed FolderImages
+    labels: torch.Tensor  # (N,) on the device
+    batch_size: int
+    steps: int  # the epoch's batches: the returned order needs steps * batch_size entries
+    generator: torch.Generator
+    device: torch.device
+    amp: bool
+    workers: int | None
+    make_view: Callable[[torch.Tensor], torch.Tensor]  # uint8 (B, C, H, W) -> one augmented view (B, C, S, S)
+
+    def batches(self, size: int):
+        """uint8 batches of ``size`` training images on the device, in training-set order (the last shorter)."""
+        return iter_batches(self.images, torch.arange(len(self.images), device=self.device), size, self.device,
+                            drop_last=False, workers=self.workers)
+
+
 def epoch_partners(s: Setup, g_cpu: torch.Generator, steps: int) -> torch.Tensor:
     """(steps, B) partner indices of every step of an epoch, drawn on the host, copied to the device once."""
     partners = torch.stack([derangement(s.cfg.batch_size, g_cpu) for _ in range(steps)])
@@ -195,6 +219,12 @@ def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) ->
     g, g_cpu = epoch_generators(cfg.seed, epoch, s.device)
     recipe, mean, std = RECIPES[cfg.augment], s.data.mean, s.data.std
     order = torch.randperm(len(s.train_x), generator=g, device=s.device)
+    epoch_stats: dict[str, float] = {}
+    if hasattr(s.model, "begin_epoch"):  # e.g. SPCL: re-cluster, then batches built around prototypes
+        ctx = EpochContext(epoch, cfg.seed, s.train_x, s.train_y, cfg.batch_size, steps, g, s.device, s.amp,
+                           cfg.workers, lambda x: make_views(x, 1, recipe, mean, std, cfg.image_size, g,
+                                                             s.channels_last)[0])
+        order, epoch_stats = s.model.begin_epoch(ctx, order)
     partners = epoch_partners(s, g_cpu, steps)
     warmup = int(cfg.warmup_epochs * s.steps_per_epoch)
     totals: dict[str, torch.Tensor] = {}  # loss and the method's statistics, summed on the device
@@ -220,7 +250,7 @@ def train_epoch(s: Setup, epoch: int, on_step=None, steps: int | None = None) ->
             on_step()
     names = list(totals)
     means = (torch.stack([totals[k] for k in names]) / torch.stack([counts[k] for k in names])).tolist()  # one sync
-    return {**{k: None if math.isnan(v) else v for k, v in zip(names, means)}, "lr": lr}
+    return {**{k: None if math.isnan(v) else v for k, v in zip(names, means)}, "lr": lr, **epoch_stats}
 
 
 def _log(message: str, quiet: bool, error: bool = False) -> None:
