@@ -36,6 +36,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _floats(count: int):
+    """argparse type: ``count`` comma-separated numbers, e.g. ``1,1,0.1``."""
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers, got {text!r}")
+        return values
+    return parse
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="pre-train an encoder (default: BYOL with guided stop-gradient on Fashion-MNIST)",
                        description="Pre-train an encoder. Flags override --config, which overrides the defaults.")
@@ -74,6 +87,20 @@ def _config_flags(p) -> None:
     c.add_argument("--triplet-smoothed", action=argparse.BooleanOptionalAction,
                    help="truncated triplet: mean of ranks 2..2k+1 instead of the rank-k negative")
     c.add_argument("--triplet-margin", type=float)
+    r = p.add_argument_group("prototype and redundancy-reduction methods")
+    r.add_argument("--bt-lambda", type=float, help="Barlow Twins: weight of the off-diagonal term (5e-3)")
+    r.add_argument("--vicreg-weights", type=_floats(3), metavar="INV,VAR,COV",
+                   help="VICReg: lambda, mu, nu (25,25,1)")
+    r.add_argument("--twist-classes", type=_whole_number, metavar="C", help="TWIST: classes of the distributions")
+    r.add_argument("--spcl-prototypes", type=_whole_number, metavar="P", help="SPCL: k-means prototypes")
+    r.add_argument("--spcl-weights", type=_floats(3), metavar="C,M,P",
+                   help="SPCL: contrastive, metric, prototype loss weights (0 drops a term)")
+    r.add_argument("--spcl-targets", choices=("kmeans", "labels"),
+                   help="SPCL: k-means prototypes, or the ground-truth classes (an upper-bound ablation)")
+    r.add_argument("--spcl-anchor-fraction", type=float, metavar="F",
+                   help="SPCL: share of each batch drawn from its anchor prototype")
+    r.add_argument("--spcl-symmetric-ce", type=_floats(2), metavar="ALPHA,BETA",
+                   help="SPCL: symmetric cross-entropy for the prototype loss (default: plain)")
     p.add_argument("--dataset", metavar="{fashion-mnist,cifar10,cifar100,digits,folder:PATH}")
     p.add_argument("--data-dir", help="folder holding the data set's files")
     p.add_argument("--image-size", type=_whole_number)
@@ -86,7 +113,7 @@ def _config_flags(p) -> None:
     p.add_argument("--heads", choices=tuple(HEAD_PRESETS), help="projector/predictor sizes")
     p.add_argument("--epochs", type=_whole_number)
     p.add_argument("--batch-size", type=_whole_number)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="learning rate (default 0.2; vicreg 0.05)")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"))
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--weight-decay", type=float)

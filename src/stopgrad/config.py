@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -23,6 +24,11 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the problem and the fix."""
+
+
+# learning rates of methods that diverge at the default 0.2 with plain SGD: VICReg's covariance term
+# grows with the fourth power of the unnormalised embedding's scale (its authors use LARS)
+METHOD_LR = {"vicreg": 0.05}
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,15 @@ class Config:
     triplet_rank: int = 2  # truncated triplet: rank of the "deputy" negative
     triplet_smoothed: bool = False  # truncated triplet: mean of ranks 2..2k+1 instead
     triplet_margin: float = 0.2
+    # prototype and redundancy-reduction methods
+    bt_lambda: float = 5e-3  # Barlow Twins: weight of the off-diagonal (redundancy) term
+    vicreg_weights: tuple[float, float, float] = (25.0, 25.0, 1.0)  # VICReg: invariance, variance, covariance
+    twist_classes: int = 128  # TWIST: classes C of the twin distributions
+    spcl_prototypes: int = 10  # SPCL: k-means prototypes P (spcl_targets labels: at least the classes)
+    spcl_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # SPCL: contrastive, metric, prototype; 0: off
+    spcl_targets: str = "kmeans"  # SPCL: kmeans | labels (the ground-truth classes as prototypes)
+    spcl_anchor_fraction: float = 0.25  # SPCL: share of a batch drawn from its anchor prototype
+    spcl_symmetric_ce: tuple[float, float] | None = None  # SPCL: (alpha, beta) of symmetric CE; None: plain CE
     # data
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
@@ -57,7 +72,7 @@ class Config:
     # optimisation
     epochs: int = 8
     batch_size: int = 128
-    lr: float = 0.2
+    lr: float | None = None  # None: 0.2, or the method's own default (METHOD_LR)
     lr_schedule: str = "cosine"  # cosine | constant
     warmup_epochs: float = 0.0
     sgd_momentum: float = 0.9
@@ -88,6 +103,13 @@ class Config:
     max_nan_skips: int = 0  # non-finite losses skipped (no update) before the run stops
     strict_data: bool = False  # an unreadable image is an error instead of being skipped
 
+    def __post_init__(self) -> None:
+        for f in fields(self):  # YAML gives lists: keep one spelling, the tuple
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        if self.lr is None:
+            object.__setattr__(self, "lr", METHOD_LR.get(self.method, 0.2))
+
     def validate(self) -> "Config":
         def choice(key: str, options) -> None:
             if getattr(self, key) not in options:
@@ -112,6 +134,7 @@ class Config:
         for key in ("directclr_dim", "fnc_top_k", "triplet_rank"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        self._validate_prototype_keys()
         if self.num_negatives is not None and self.num_negatives <= 0:
             raise ConfigError(f"num_negatives must be positive, got {self.num_negatives}")
         if self.eqco_alpha is not None and self.eqco_alpha < 0:
@@ -153,9 +176,34 @@ class Config:
             raise ConfigError(f"invalid device {self.device!r}; choose auto, cpu, cuda or cuda:N")
         return self
 
+    def _validate_prototype_keys(self) -> None:
+        def numbers(value, n: int) -> bool:
+            return isinstance(value, tuple) and len(value) == n and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf for v in value)
+
+        if self.spcl_targets not in ("kmeans", "labels"):
+            raise ConfigError(f"invalid spcl_targets {self.spcl_targets!r}; choose one of kmeans, labels")
+        if not self.bt_lambda >= 0:
+            raise ConfigError(f"bt_lambda must be >= 0, got {self.bt_lambda}")
+        for key, n, names in (("vicreg_weights", 3, "invariance, variance, covariance"),
+                              ("spcl_weights", 3, "contrastive, metric, prototype"),
+                              ("spcl_symmetric_ce", 2, "alpha, beta")):
+            value = getattr(self, key)
+            if key == "spcl_symmetric_ce" and value is None:
+                continue
+            if not numbers(value, n):
+                raise ConfigError(f"{key} must be {n} numbers >= 0 ({names}), got {value!r}")
+            if key != "vicreg_weights" and not any(value):
+                raise ConfigError(f"{key} are all 0: give at least one positive weight ({names})")
+        for key, low in (("twist_classes", 2), ("spcl_prototypes", 2)):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < low:
+                raise ConfigError(f"{key} must be a whole number >= {low}, got {getattr(self, key)!r}")
+        if not 0 < self.spcl_anchor_fraction < 1:
+            raise ConfigError(f"spcl_anchor_fraction must be in (0, 1), got {self.spcl_anchor_fraction}")
+
     # ------------------------------------------------------------------ YAML
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -139,6 +139,13 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Every buffer of ``module`` (BatchNorm statistics, pseudo-labels, queues) as process ``src`` has it."""
+    if active():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=src)
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

@@ -29,7 +29,13 @@ HEAD_PRESETS = {
     "imagenet": {"projector": [2048, 2048, 2048], "predictor": [512, 2048]},
     # small heads for the small CPU backbone: the heads are half the step time at the paper's sizes
     "small": {"projector": [512, 512], "predictor": [128, 512]},
+    # Barlow Twins' projector = VICReg's expander: three layers of 8192 (both papers, ImageNet);
+    # the predictor is only for methods that have one
+    "barlow-twins": {"projector": [8192, 8192, 8192], "predictor": [512, 8192]},
+    "vicreg": {"projector": [8192, 8192, 8192], "predictor": [512, 8192]},
 }
+# Barlow Twins and VICReg with the ``small`` preset: three layers like the papers', at the small width
+SMALL_EXPANDER = [512, 512, 512]
 
 
 def projector(in_dim: int, hidden: list[int]) -> nn.Sequential:
@@ -42,3 +48,19 @@ def predictor(dim: int, hidden: list[int]) -> nn.Sequential:
     if hidden[-1] != dim:
         raise ValueError(f"the predictor must output the projection size {dim}, got {hidden[-1]}")
     return mlp([dim, *hidden], last_bn=False)
+
+
+def expander(in_dim: int, hidden: list[int]) -> nn.Sequential:
+    """Barlow Twins' projector / VICReg's expander: Linear-BN-ReLU hidden layers, then a plain Linear
+    without bias (both authors' code; their losses standardise or centre each dimension, so an output
+    bias would receive no gradient)."""
+    net = mlp([in_dim, *hidden])
+    last = net[-1]
+    net[-1] = nn.Linear(last.in_features, last.out_features, bias=False)
+    return net
+
+
+def expander_sizes(preset: str) -> list[int]:
+    """The expander's layer sizes for a head preset: the preset's projector sizes, except ``small``,
+    which gets :data:`SMALL_EXPANDER` (three layers, as in both papers)."""
+    return list(SMALL_EXPANDER) if preset == "small" else list(HEAD_PRESETS[preset]["projector"])

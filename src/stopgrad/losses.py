@@ -252,3 +252,218 @@ def truncated_triplet(anchor: torch.Tensor, keys: torch.Tensor, rank: int, smoot
     d_pos = dist.diagonal()
     d_deputy = deputy_distance(dist.masked_fill(eye, float("inf")), rank, smoothed)
     return F.relu(d_pos - d_deputy + margin).mean()
+
+
+# ------------------------------------------------------- redundancy reduction and class distributions
+# Like the in-batch losses above, these compute in the input dtype: pass float32 and disable
+# autocast around them (methods.common.float32_loss).
+
+
+def _check_pair(name: str, z1: torch.Tensor, z2: torch.Tensor) -> None:
+    """Two (B, D) embeddings of the same B images, B >= 2 (both losses read batch statistics)."""
+    if z1.dim() != 2 or z1.shape != z2.shape:
+        raise ValueError(f"{name} takes two (B, D) embeddings of the same shape, got {tuple(z1.shape)} "
+                         f"and {tuple(z2.shape)}")
+    if len(z1) < 2:
+        raise ValueError(f"{name} standardises over the batch and needs at least 2 images, got a batch of "
+                         f"{len(z1)}; use --batch-size 2 or more")
+
+
+def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """The D(D - 1) off-diagonal entries of a (D, D) matrix, flattened."""
+    return m.masked_select(~torch.eye(len(m), dtype=torch.bool, device=m.device))
+
+
+BARLOW_TWINS_EPS = 1e-5  # the epsilon of the authors' affine-free BatchNorm1d (PyTorch's default)
+
+
+def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
+    """Barlow Twins' redundancy-reduction loss (Zbontar et al., ICML 2021, Eqs. 1-2).
+
+    Each embedding dimension is standardised over the batch as the authors' code does (BatchNorm
+    without affine parameters: biased variance, epsilon 1e-5): z~ = (z - mean_b z) / sqrt(var_b z + eps).
+    With the (D, D) cross-correlation C = z~1^T z~2 / B,
+
+        L = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2.
+
+    The standardisation makes L invariant (up to eps) to a per-dimension affine change of either
+    embedding with positive scales.
+
+    Args:
+        z1, z2: (B, D) embeddings of the two views; row i of each is image i; B >= 2.
+        lambd: weight of the redundancy (off-diagonal) term; the paper's 5e-3.
+    Returns:
+        scalar loss (a sum over dimensions, not a mean: its scale grows with D, as in the paper).
+    """
+    _check_pair("barlow_twins", z1, z2)
+
+    def standardise(z: torch.Tensor) -> torch.Tensor:
+        return (z - z.mean(0)) / (z.var(0, unbiased=False) + BARLOW_TWINS_EPS).sqrt()
+
+    c = standardise(z1).T @ standardise(z2) / len(z1)  # (D, D)
+    return (1 - c.diagonal()).pow(2).sum() + lambd * _off_diagonal(c).pow(2).sum()
+
+
+def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """VICReg's three terms, unweighted (Bardes et al., ICLR 2022, Eqs. 1-4); see :func:`vicreg`.
+
+    Returns:
+        (invariance, variance, covariance) scalars:
+        s = mean over the B x D entries of (z1 - z2)^2;
+        v = 1/2 [v(Z1) + v(Z2)], v(Z) = mean_j max(0, gamma - sqrt(Var z_j + eps));
+        c = c(Z1) + c(Z2), c(Z) = (1/D) sum_{i != j} Cov(Z)_ij^2;
+        Var and Cov unbiased (divided by B - 1).
+    """
+    _check_pair("vicreg", z1, z2)
+    invariance = F.mse_loss(z1, z2)
+
+    def variance(z: torch.Tensor) -> torch.Tensor:
+        return F.relu(gamma - (z.var(0) + eps).sqrt()).mean()
+
+    def covariance(z: torch.Tensor) -> torch.Tensor:
+        z = z - z.mean(0)
+        cov = z.T @ z / (len(z) - 1)  # (D, D)
+        return _off_diagonal(cov).pow(2).sum() / z.shape[1]
+
+    return invariance, 0.5 * (variance(z1) + variance(z2)), covariance(z1) + covariance(z2)
+
+
+def vicreg(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+           cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg: variance-invariance-covariance regularisation (Bardes et al., ICLR 2022).
+
+        L = lambda * s(Z1, Z2) + mu * 1/2 [v(Z1) + v(Z2)] + nu * [c(Z1) + c(Z2)]
+
+    with the terms of :func:`vicreg_terms`: s the mean squared difference of the two views, v the
+    hinge on each dimension's standard deviation sqrt(Var + eps) below gamma, c the sum of squared
+    off-diagonal covariances over D; variance and covariance unbiased.
+
+    Two choices follow the authors' code rather than the paper's equations (they are what the
+    published numbers used): the variance term is the *mean* of the two branches' (the paper's
+    Eq. 6 sums them), and the invariance term is F.mse_loss, a mean over dimensions too (the
+    paper's s sums over dimensions).
+
+    Args:
+        z1, z2: (B, D) embeddings of the two views; row i of each is image i; B >= 2.
+        sim_weight, var_weight, cov_weight: lambda, mu, nu (the paper's 25, 25, 1).
+        gamma: target standard deviation per dimension (1).
+        eps: numerical floor inside the square root (1e-4).
+    Returns:
+        scalar loss.
+    """
+    invariance, variance, covariance = vicreg_terms(z1, z2, gamma, eps)
+    return sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+
+def twist_terms(logits1: torch.Tensor, logits2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TWIST's three terms (Wang et al., "Self-Supervised Learning by Estimating Twin Class
+    Distributions", 2021); see :func:`twist`.
+
+    Returns:
+        (consistency, sharpness, diversity) scalars, with P^v = softmax(logits_v) row-wise:
+        consistency = 1/2 [mean_i KL(P^1_i || P^2_i) + mean_i KL(P^2_i || P^1_i)];
+        sharpness = 1/2 [mean_i H(P^1_i) + mean_i H(P^2_i)] (mean row entropy);
+        diversity = 1/2 [H(mean_i P^1_i) + H(mean_i P^2_i)] (entropy of the mean row).
+    """
+    if logits1.dim() != 2 or logits1.shape != logits2.shape or logits1.shape[1] < 2:
+        raise ValueError(f"twist takes two (B, C) logits of the same shape with C >= 2 classes, got "
+                         f"{tuple(logits1.shape)} and {tuple(logits2.shape)}")
+    logp1, logp2 = logits1.log_softmax(1), logits2.log_softmax(1)
+    p1, p2 = logp1.exp(), logp2.exp()
+    kl12 = (p1 * (logp1 - logp2)).sum(1).mean()
+    kl21 = (p2 * (logp2 - logp1)).sum(1).mean()
+    sharpness = -0.5 * ((p1 * logp1).sum(1).mean() + (p2 * logp2).sum(1).mean())
+
+    def entropy_of_mean(p: torch.Tensor) -> torch.Tensor:
+        mean = p.mean(0)
+        return -(mean * mean.clamp_min(torch.finfo(mean.dtype).tiny).log()).sum()
+
+    return 0.5 * (kl12 + kl21), sharpness, 0.5 * (entropy_of_mean(p1) + entropy_of_mean(p2))
+
+
+def twist(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
+    """TWIST: twin class distributions of two views (Wang et al. 2021, Eq. 5).
+
+        L = consistency + sharpness - diversity
+
+    (:func:`twist_terms`): the symmetric KL divergence between the two views' class distributions
+    P^1, P^2 (softmax over C classes of each row), plus the mean entropy of the rows (each image's
+    distribution should be sharp), minus the entropy of the batch-mean distribution (the classes
+    should all be used). Every term is the mean of the two views', as in the authors' code (with
+    its defaults lambda1 = 0, lambda2 = 1, tau = 1). The code adds eps = 1e-5 inside every log;
+    here the logs are exact (log_softmax), and only the entropy of the mean is floored at the
+    smallest positive float.
+
+    Args:
+        logits1, logits2: (B, C) class logits of the two views; row i of each is image i.
+    Returns:
+        scalar loss, in [-log C, log C + max KL].
+    """
+    consistency, sharpness, diversity = twist_terms(logits1, logits2)
+    return consistency + sharpness - diversity
+
+
+# ---------------------------------------------------------------- SPCL's prototype losses
+
+
+def siamese_metric(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, head,
+                   reduction: str = "mean") -> torch.Tensor:
+    """SPCL's Siamese-style metric loss, as we reconstruct it (Mo et al., "Siamese Prototypical
+    Contrastive Learning", BMVC 2021, Sec. 3.4).
+
+    The paper's equation (its Eq. 3) is missing from the text we have; it says a head "predicts the
+    distance between the pairs", anchor-positive from the anchor's prototype and anchor-negative
+    from another one, citing Koch et al. (2015). This is Koch et al.'s Siamese verification loss:
+    a pair (u, v) is scored by the head from the element-wise distance, s(u, v) = head(|u - v|)
+    (a logit; Koch: a learned weighted L1 distance through a sigmoid), and trained with binary
+    cross-entropy, same prototype = 1:
+
+        L_i = 1/2 [ BCE(sigmoid(s(a_i, p_i)), 1) + BCE(sigmoid(s(a_i, n_i)), 0) ]
+            = 1/2 [ softplus(-s(a_i, p_i)) + softplus(s(a_i, n_i)) ].
+
+    Args:
+        anchor, positive, negative: (M, D) embeddings; row i is one triplet.
+        head: maps (M, D) element-wise distances to (M,) or (M, 1) logits (e.g. ``nn.Linear(D, 1)``).
+        reduction: ``"mean"`` over the M triplets, or ``"none"`` for the (M,) per-triplet losses.
+    Returns:
+        scalar, or (M,).
+    """
+    if anchor.dim() != 2 or not anchor.shape == positive.shape == negative.shape:
+        raise ValueError(f"siamese_metric takes three (M, D) embeddings of one shape, got {tuple(anchor.shape)}, "
+                         f"{tuple(positive.shape)}, {tuple(negative.shape)}")
+    same = head((anchor - positive).abs()).reshape(len(anchor))
+    other = head((anchor - negative).abs()).reshape(len(anchor))
+    loss = 0.5 * (F.softplus(-same) + F.softplus(other))
+    return loss.mean() if reduction == "mean" else loss
+
+
+def symmetric_ce(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.1, beta: float = 1.0,
+                 log_zero: float = -4.0, reduction: str = "mean") -> torch.Tensor:
+    """Symmetric cross-entropy (Wang et al., "Symmetric Cross Entropy for Robust Learning with Noisy
+    Labels", ICCV 2019, Eqs. 5-7), SPCL's option for noisy prototypes (its Sec. 4.3.1).
+
+    With p = softmax(logits) and q the one-hot target y:
+
+        SCE = alpha * CE + beta * RCE,  CE = -log p_y,  RCE = -sum_k p_k log q_k = -A (1 - p_y),
+
+    where log 0 in the reverse term is clipped to A = ``log_zero`` (the paper's -4; the authors'
+    code clamps q at 1e-4, i.e. A = log 1e-4 = -9.2). The defaults alpha = 0.1, beta = 1 are the
+    paper's CIFAR-10 setting.
+
+    Args:
+        logits: (N, K) class logits.
+        target: (N,) class indices in [0, K).
+        alpha, beta: weights of the cross-entropy and the reverse cross-entropy.
+        log_zero: A < 0.
+        reduction: ``"mean"`` over the N rows, or ``"none"`` for (N,).
+    Returns:
+        scalar, or (N,).
+    """
+    if logits.dim() != 2 or target.shape != logits.shape[:1]:
+        raise ValueError(f"symmetric_ce takes (N, K) logits and (N,) targets, got {tuple(logits.shape)} "
+                         f"and {tuple(target.shape)}")
+    logp = logits.log_softmax(1)
+    logp_y = logp.gather(1, target[:, None]).squeeze(1)
+    loss = alpha * -logp_y + beta * -log_zero * (1 - logp_y.exp())
+    return loss.mean() if reduction == "mean" else loss

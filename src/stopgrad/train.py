@@ -26,6 +26,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -225,6 +226,29 @@ def train_step(s: Setup, views: torch.Tensor, partners: torch.Tensor, g: torch.G
 
 
 @dataclass
+class EpochContext:
+    """What a method's ``begin_epoch(ctx, order) -> (order, stats)`` hook reads (SPCL: embed and
+    cluster the training set, then build the epoch's batches). Its random draws come from
+    ``generator``, the epoch's device generator, or from seeds of (``seed``, ``epoch``)."""
+    epoch: int
+    seed: int
+    images: torch.Tensor  # the training images: uint8 (N, C, H, W) on the device, or a streamed FolderImages
+    labels: torch.Tensor  # (N,) on the device
+    batch_size: int  # the global batch
+    steps: int  # the epoch's batches: the returned order needs steps * batch_size entries
+    generator: torch.Generator
+    device: torch.device
+    amp: bool
+    workers: int | None
+    make_view: Callable[[torch.Tensor], torch.Tensor]  # uint8 (B, C, H, W) -> one augmented view (B, C, S, S)
+
+    def batches(self, size: int):
+        """uint8 batches of ``size`` training images on the device, in training-set order (the last shorter)."""
+        return iter_batches(self.images, torch.arange(len(self.images), device=self.device), size, self.device,
+                            drop_last=False, workers=self.workers)
+
+
+@dataclass
 class EpochState:
     """Where an epoch is: its order and partners, this process's generator, the statistics summed so far."""
     epoch: int
@@ -275,14 +299,31 @@ def epoch_partners(s: Setup, g_cpu: torch.Generator, steps: int) -> torch.Tensor
 
 
 def start_epoch(s: Setup, epoch: int, steps: int) -> EpochState:
-    """Draw the epoch's order (the same on every process), its partners and this process's generator."""
-    ctx = s.context
-    g, g_cpu = epoch_generators(s.cfg.seed, epoch, s.device)
+    """Draw the epoch's order (the same on every process), its partners and this process's generator.
+
+    A method with a ``begin_epoch(ctx, order) -> (order, stats)`` hook (SPCL: re-cluster the
+    training set, then batches built around prototypes) may replace the order; under torchrun the
+    hook runs on the main process, and its order and the model's buffers are sent to the others.
+    """
+    ctx, cfg = s.context, s.cfg
+    g, g_cpu = epoch_generators(cfg.seed, epoch, s.device)
     order = torch.randperm(len(s.train_x), generator=g, device=s.device)
+    extra: dict = {}
+    if hasattr(s.model, "begin_epoch"):
+        if ctx.main:
+            recipe = RECIPES[cfg.augment]
+            hook = EpochContext(epoch, cfg.seed, s.train_x, s.train_y, cfg.batch_size, steps, g, s.device, s.amp,
+                                cfg.workers, lambda x: make_views(x, 1, recipe, s.data.mean, s.data.std,
+                                                                  cfg.image_size, g, s.channels_last)[0])
+            order, extra = s.model.begin_epoch(hook, order)
+        if ctx.distributed:
+            order, extra = distributed.broadcast_object((order.cpu(), extra))
+            order = order.to(s.device)
+            distributed.broadcast_buffers(s.model)
     if ctx.distributed:  # the order is shared; augmentation and (local) partners are each process's own
-        g, g_local = epoch_generators(s.cfg.seed, epoch, s.device, ctx.rank)
-        g_cpu = g_cpu if s.cfg.gsg_partners == "global" else g_local
-    return EpochState(epoch, order, epoch_partners(s, g_cpu, steps), g)
+        g, g_local = epoch_generators(cfg.seed, epoch, s.device, ctx.rank)
+        g_cpu = g_cpu if cfg.gsg_partners == "global" else g_local
+    return EpochState(epoch, order, epoch_partners(s, g_cpu, steps), g, extra=extra)
 
 
 def restore_epoch(s: Setup, saved: dict, steps: int) -> EpochState:

@@ -12,7 +12,11 @@ Every method is an ``nn.Module`` with the same interface, so the one training lo
   holding ``collapse_std``;
 * ``update_momentum(momentum)`` — called after every optimiser step (a no-op without a momentum
   copy). State that must survive a resume (queues, memory banks) lives in registered buffers;
-* optionally ``set_num_images(n)`` — called once with the training-set size (memory banks).
+* optionally ``set_num_images(n)`` — called once with the training-set size (memory banks);
+* optionally ``begin_epoch(ctx, order) -> (order, stats)`` — called at the start of every epoch
+  with a :class:`~stopgrad.train.EpochContext` and the epoch's random order; returns the order
+  the epoch's batches are sliced from and a dict of floats for the epoch's metrics (SPCL's
+  clustering and prototype batches).
 
 Builders take the run's :class:`~stopgrad.config.Config` and the number of image channels.
 """
@@ -43,6 +47,10 @@ _BUILDERS = {
     "directclr": "directclr:build",
     "fnc": "fnc:build",
     "triplet": "triplet:build",
+    "barlow-twins": "barlow_twins:build",
+    "vicreg": "vicreg:build",
+    "twist": "twist:build",
+    "spcl": "spcl:build",
 }
 METHODS = tuple(_BUILDERS)
 

@@ -139,3 +139,10 @@ class InBatchContrastive(nn.Module):
     @torch.no_grad()
     def update_momentum(self, momentum: float) -> None:
         """No momentum copy: nothing to do."""
+
+
+def two_views_only(cfg) -> None:
+    """A ConfigError for ``--views 4`` with a method that encodes exactly two views per image."""
+    from ..config import ConfigError
+    if cfg.views != 2:
+        raise ConfigError(f"{cfg.method} trains on two views of each image; drop --views {cfg.views}")

@@ -47,6 +47,7 @@ EXPERIMENTS: dict[str, str] = {
     "gsg-equal-compute": "gsg_equal_compute",
     "eqco-toy": "eqco_toy",
     "eqco-k": "eqco_k",
+    "spcl-ablation": "spcl_ablation",
 }
 BUDGETS = ("smoke", "cpu", "gpu")
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
