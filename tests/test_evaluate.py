@@ -14,7 +14,7 @@ from stopgrad.evaluate.geometry import (alignment, collapse_std, describe, effec
                                         uniformity)
 from stopgrad.evaluate.knn import knn_classify, knn_scores, nearest
 from stopgrad.evaluate.linear import FrozenBackboneError, check_unchanged, linear_fast, linear_paper, snapshot
-from stopgrad.evaluate.logreg import (LinearClassifier, accuracy, fit_logistic, objective, standardizer,
+from stopgrad.evaluate.logreg import (LinearClassifier, accuracy, fit_logistic, objective,
                                       sweep_weight_decay)
 from stopgrad.evaluate.online import CollapseAlarm, collapse_level
 from stopgrad.evaluate.transfer import WD_GRID, TransferData, to_input, transfer

@@ -15,7 +15,7 @@ from stopgrad.gsg import derangement
 from stopgrad.losses import barlow_twins, nt_xent, siamese_metric, symmetric_ce, twist, vicreg
 from stopgrad.methods import METHODS, build_method
 from stopgrad.methods.spcl import kmeans, match_to_previous, prototype_batches
-from stopgrad.train import EpochContext, make_views
+from stopgrad.epochs import EpochContext, make_views
 
 NAMES = ("barlow-twins", "vicreg", "twist", "spcl")
 B, N = 8, 24  # batch, training images of the SPCL tests
