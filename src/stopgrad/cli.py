@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -152,6 +153,9 @@ def _config_flags(p) -> None:
                    help="also checkpoint every STEPS steps within an epoch (default: at epoch ends only)")
     r.add_argument("--max-nan-skips", type=_whole_number, metavar="N",
                    help="skip up to N steps whose loss is NaN or Inf instead of stopping the run (default 0)")
+    r.add_argument("--log", choices=("both", "jsonl", "tensorboard"),
+                   help="metrics.jsonl, TensorBoard events in RUN/tensorboard, or both (default: both when "
+                        "tensorboard is installed)")
     r.add_argument("--strict-data", action="store_const", const=True,
                    help="an unreadable image in a folder is an error (default: skipped, with a count)")
 
@@ -337,20 +341,58 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def _cmd_list(args) -> int:
-    from .backbones import BACKBONES
-    from .data.augment import RECIPES
-    from .data.datasets import DATASETS
-    from .gsg import POLICIES
-    from .heads import HEAD_PRESETS
-    from .methods import METHODS
+POLICY_INFO = {
+    "guided": "GSG: the closest views of two images get the predictor, their siblings are the targets",
+    "random": "one of the four cases per pair, uniformly (the paper's ablation)",
+    "reverse": "the complement of guided (the paper's worst case)",
+    "symmetric": "all four terms, 1/4 each: the SimSiam / BYOL baseline",
+}
+DATASET_INFO = {
+    "fashion-mnist": "Fashion-MNIST, 60,000 + 10,000 gray 28x28 images (Debian's dataset-fashion-mnist); the default",
+    "cifar10": "CIFAR-10 python batches (--data-dir, or downloaded when online)",
+    "cifar100": "CIFAR-100 python batches (--data-dir, or downloaded when online)",
+    "digits": "scikit-learn's 1,797 8x8 digits: seconds-long checks",
+    "folder:PATH": "your images: PATH/train/<class>/* and PATH/val/<class>/* (or PATH/<class>/*, split 90/10)",
+}
+BACKBONE_INFO = {
+    "small-cnn": "four conv blocks, widths w..8w (--width), for CPUs",
+    "resnet18-cifar": "ResNet-18 with the CIFAR stem (3x3, stride 1, no max-pool)",
+    "resnet50": "torchvision's ResNet-50",
+}
 
-    for title, items in (("methods", METHODS), ("stop-gradient policies", POLICIES), ("datasets", DATASETS),
-                         ("backbones", BACKBONES), ("head presets", tuple(HEAD_PRESETS)),
-                         ("augmentation recipes", tuple(RECIPES)), ("config presets (--config)", presets())):
+
+def _preset_line(name: str) -> str:
+    from .config import resolve_preset
+    first = resolve_preset(name).read_text().splitlines()[0].lstrip("# ").rstrip()
+    return first
+
+
+def _cmd_list(args) -> int:
+    from .data.augment import RECIPES
+    from .heads import HEAD_PRESETS
+    from .methods import METHOD_INFO
+    from .reproduce import list_experiments
+
+    def section(title: str, rows) -> None:
         print(f"{title}:")
-        for item in items:
-            print(f"  {item}")
+        rows = list(rows)
+        width = max(len(name) for name, _ in rows)
+        for name, text in rows:
+            print(f"  {name:<{width}}  {text}")
+        print()
+
+    width = max(map(len, METHOD_INFO))
+    section("methods (--method)", ((m, f"{d}\n  {'':<{width}}  {p}") for m, (d, p) in METHOD_INFO.items()))
+    section("stop-gradient policies (--stopgrad)", POLICY_INFO.items())
+    section("datasets (--dataset)", DATASET_INFO.items())
+    section("backbones (--backbone)", BACKBONE_INFO.items())
+    section("head presets (--heads)", ((k, "projector " + "-".join(map(str, v["projector"]))
+                                        + (f", predictor {'-'.join(map(str, v['predictor']))}" if v.get("predictor")
+                                           else "")) for k, v in HEAD_PRESETS.items()))
+    section("augmentation recipes (--augment)", ((k, f"crops of {r.crop_scale[0]:g}-{r.crop_scale[1]:g} of the image"
+                                                   f"{', blur' if r.blur_p else ''}") for k, r in RECIPES.items()))
+    section("config presets (--config)", ((name, _preset_line(name)) for name in presets()))
+    section("experiments (stopgrad reproduce NAME)", ((e["name"], e["title"]) for e in list_experiments()))
     return 0
 
 
@@ -402,8 +444,24 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+EPILOG = """common commands:
+  stopgrad train                                   BYOL + GSG on Fashion-MNIST, ~4 min on 2 CPU cores
+  stopgrad train --method simsiam --stopgrad symmetric --epochs 20 --out runs/baseline
+  stopgrad train --config cifar10/byol-gsg --data-dir DIR     the paper's CIFAR-10 recipe (a GPU run)
+  stopgrad train --dataset folder:PATH --image-size 64        your own images
+  stopgrad train --resume runs/baseline            continue an interrupted run exactly
+  stopgrad eval linear --run runs/baseline         linear probe; also knn, transfer, tsne, geometry
+  stopgrad compare runs/a runs/b                   curves of several runs in one PNG, and a table
+  stopgrad reproduce gsg-table1 --budget cpu --out results/gsg-table1
+  stopgrad list                                    methods, policies, data sets, presets, experiments
+  torchrun --nproc_per_node 8 -m stopgrad train ...            several GPUs
+
+`stopgrad COMMAND --help` describes each command's options."""
+
+
 def make_parser() -> Parser:
-    parser = Parser(prog="stopgrad", description="Self-supervised representation learning with guided stop-gradient.")
+    parser = Parser(prog="stopgrad", description="Self-supervised representation learning with guided stop-gradient.",
+                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"stopgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _train_parser(sub)
@@ -439,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         print("stopgrad: interrupted; a training run continues from its last checkpoint with "
               "`stopgrad train --resume DIR`", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the output went to a pipe that closed (`stopgrad list | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ class Config:
     device: str = "auto"
     threads: int | None = None  # CPU threads; default: torch's choice
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints (also at every epoch's end)
+    log: str | None = None  # both | jsonl | tensorboard; None: both when TensorBoard is installed
     max_nan_skips: int = 0  # non-finite losses skipped (no update) before the run stops
     strict_data: bool = False  # an unreadable image is an error instead of being skipped
 
@@ -125,6 +126,12 @@ class Config:
         choice("ema_schedule", ("constant", "cosine"))
         choice("fnc_mode", ("elimination", "attraction"))
         choice("gsg_partners", ("local", "global"))
+        if self.log is not None:
+            from .runlog import LOG_CHOICES, tensorboard_available
+            choice("log", LOG_CHOICES)
+            if self.log != "jsonl" and not tensorboard_available():
+                raise ConfigError(f"--log {self.log} needs the tensorboard package: `pip install tensorboard`, "
+                                  "or use --log jsonl")
         for key in ("temperature", "bank_momentum", "triplet_margin"):
             if not getattr(self, key) >= 0 or (key == "temperature" and self.temperature == 0):
                 raise ConfigError(f"{key} must be {'positive' if key == 'temperature' else '>= 0'}, "

@@ -40,7 +40,12 @@ def record_evaluation(run_dir: Path, result: dict) -> None:
     entry = {**result, "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     lines = [json.dumps(e) for e in read_evaluations(run_dir)] + [json.dumps(entry)]
     runs.atomic_write(run_dir / EVALUATIONS_FILE, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
-    write_report(run_dir, runs.read_config(run_dir), runs.read_metrics(run_dir))
+    cfg, rows = runs.read_config(run_dir), runs.read_metrics(run_dir)
+    if result.get("figure"):  # t-SNE maps and spectra join the run's TensorBoard images
+        from .runlog import add_run_image
+        add_run_image(run_dir, f"eval/{result['evaluation']}", Path(result["figure"]),
+                      rows[-1]["epoch"] if rows else 0, cfg.log)
+    write_report(run_dir, cfg, rows)
 
 
 def describe_run(cfg: Config) -> str:

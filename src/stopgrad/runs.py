@@ -98,10 +98,16 @@ def read_config(run_dir: Path) -> Config:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The run's metrics rows: metrics.jsonl, or for a run logged to TensorBoard only its checkpoint's copy."""
     path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if path.is_file():
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if has_checkpoint(run_dir):
+        try:
+            return list(load_checkpoint(run_dir, "cpu").get("metrics", []))
+        except ConfigError:
+            return []
+    return []
 
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:

@@ -39,6 +39,7 @@ from .data.datasets import ImageData
 from .data.stream import iter_batches
 from .ema import momentum_at
 from .evaluate.geometry import plot_spectra
+from .runlog import RunLog
 from .evaluate.online import CollapseAlarm, evaluate_run, projection_dim
 from .methods import build_method
 from .schedules import lr_at
@@ -267,7 +268,7 @@ def _log(message: str, quiet: bool, error: bool = False) -> None:
         tqdm.write(message, file=sys.stderr if error else sys.stdout)
 
 
-def _evaluate(s: Setup, run_dir: Path, row: dict) -> None:
+def _evaluate(s: Setup, run_dir: Path, row: dict, log: RunLog) -> None:
     """Evaluate into ``row`` (timed), and draw the current embedding spectrum."""
     t0 = time.perf_counter()
     metrics = s.evaluate(keep_spectra=True)
@@ -275,7 +276,22 @@ def _evaluate(s: Setup, run_dir: Path, row: dict) -> None:
     row.update(metrics)
     row["eval_seconds"] = round(time.perf_counter() - t0, 3)
     if spectra:
-        plot_spectra(spectra, run_dir / "spectrum.png", f"embedding spectrum after epoch {row['epoch']}")
+        png = plot_spectra(spectra, run_dir / "spectrum.png", f"embedding spectrum after epoch {row['epoch']}")
+        log.image("eval/spectrum", png, row["epoch"])
+
+
+def _bar_text(latest: dict, lr: float) -> str:
+    """The progress bar's postfix: the last epoch's loss, the current lr, the latest kNN top-1."""
+    parts = [] if latest["loss"] is None else [f"loss {latest['loss']:.3f}"]
+    parts.append(f"lr {lr:.3g}")
+    if latest["knn"] is not None:
+        parts.append(f"kNN {latest['knn']:.4f}")
+    return ", ".join(parts)
+
+
+def has_momentum_copy(model: torch.nn.Module) -> bool:
+    """Whether the method keeps a momentum (EMA) copy: BYOL's target, MoCo's and SiMo's key encoder."""
+    return getattr(model, "target", None) is not None or getattr(model, "key_encoder", None) is not None
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -334,7 +350,8 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
     start_epoch_done, seconds, in_epoch = 0, 0.0, None
     if resume:
         rows, start_epoch_done, seconds, in_epoch = resume_checkpoint(s, run_dir, lambda m: _log(m, quiet, error=True))
-        if main:
+        log = RunLog(run_dir, cfg.log, resume_epoch=start_epoch_done, enabled=main)
+        if main and log.jsonl:
             runs.write_metrics(run_dir, rows)  # drop lines from an epoch that never reached its checkpoint
         for r in rows[1:]:  # the alarm's state as it was
             if alarm is not None and r.get("knn_top1") is not None:
@@ -342,11 +359,12 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
     else:
         rows = [{"epoch": 0, "step": 0, "loss": None, "lr": lr_at(0, s.total_steps, cfg.lr, cfg.lr_schedule),
                  "collapse_std": None, "seconds": 0.0}]
+        log = RunLog(run_dir, cfg.log, enabled=main)
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             runs.write_config(run_dir, cfg, str(s.device), s.context.world)
-            _evaluate(s, run_dir, rows[0])
-            runs.write_metrics(run_dir, rows)
+            _evaluate(s, run_dir, rows[0], log)
+            log.rows(rows)
             _log(f"epoch 0 (random init): kNN top-1 {rows[0]['knn_top1']:.4f} (k=1: {rows[0]['knn1_top1']:.4f})",
                  quiet)
         distributed.barrier()
@@ -354,6 +372,14 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
     done_steps = start_epoch_done * s.steps_per_epoch + (in_epoch["done"] if in_epoch else 0)
     bar = tqdm(total=s.total_steps, initial=done_steps, unit="step", dynamic_ncols=True,
                disable=(not progress or not main) if progress is not None else (None if main else True), leave=False)
+    latest = {"loss": None, "knn": rows[-1].get("knn_top1") if rows else None}
+    if rows and rows[-1].get("loss") is not None:
+        latest["loss"] = rows[-1]["loss"]
+
+    def on_step(state: EpochState) -> None:
+        bar.update()
+        if state.done % 20 == 1 or state.done == s.steps_per_epoch:  # the postfix costs some time: not every step
+            bar.set_postfix_str(_bar_text(latest, state.lr), refresh=False)
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
     guard = LossGuard(s.device, cfg.max_nan_skips)
     stopped = None
@@ -377,7 +403,8 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
                 else:
                     state = start_epoch(s, epoch, s.steps_per_epoch)
                 in_epoch = None
-                finished = run_epoch(s, state, s.steps_per_epoch, bar.update, guard,
+                bar.set_description(f"epoch {epoch}/{cfg.epochs}", refresh=False)
+                finished = run_epoch(s, state, s.steps_per_epoch, lambda st=state: on_step(st), guard,
                                      lambda st, e=epoch: save(st, e - 1, seconds), stop)
                 if not finished:
                     where = f"epoch {epoch}, step {state.done} of {s.steps_per_epoch}"
@@ -390,12 +417,15 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
                 row = {"epoch": epoch, "step": epoch * s.steps_per_epoch, **stats, "knn_top1": None,
                        "collapse_std": stats.get("collapse_std"), "seconds": round(seconds, 3),
                        "images_per_second": round(s.steps_per_epoch * cfg.batch_size / max(state.seconds, 1e-9), 1)}
+                if has_momentum_copy(s.model):
+                    row["ema_momentum"] = momentum_at(epoch * s.steps_per_epoch - 1, s.total_steps, cfg.ema_momentum,
+                                                      cfg.ema_schedule)
                 if guard.skipped:
                     row["skipped_steps"] = guard.skipped
                 alarm_raised = False
                 if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                     if main:
-                        _evaluate(s, run_dir, row)
+                        _evaluate(s, run_dir, row, log)
                         if alarm is not None and alarm.update(epoch, row):
                             row["collapse_alarm"] = alarm_raised = True
                     distributed.barrier()
@@ -403,8 +433,9 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
                 rows.append(row)
                 save(None, epoch, seconds)  # checkpoint first, then the metrics that refer to it
                 if main:
-                    runs.write_metrics(run_dir, rows)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", knn=row["knn_top1"])
+                    log.rows(rows)
+                latest["loss"] = row["loss"]
+                latest["knn"] = row["knn_top1"] if row.get("knn_top1") is not None else latest["knn"]
                 _log(_epoch_line(row, cfg.epochs), quiet)
                 if alarm_raised:
                     message = alarm.message() if alarm is not None else "collapse alarm"
@@ -423,8 +454,10 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
         bar.close()
         if rows and main:
             from .plots import plot_metrics
-            plot_metrics(rows, run_dir)
+            for png in plot_metrics(rows, run_dir):
+                log.image(f"curves/{png.stem}", png, rows[-1]["epoch"])
             write_report(run_dir, cfg, rows)
+        log.close()
     finished = rows[-1]["epoch"] == cfg.epochs
     if finished and main:
         runs.save_backbone(run_dir, s.model.backbone)

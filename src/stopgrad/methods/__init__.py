@@ -54,6 +54,40 @@ _BUILDERS = {
 }
 METHODS = tuple(_BUILDERS)
 
+# name -> (one line on what it is, its paper); `stopgrad list` prints them
+METHOD_INFO = {
+    "simsiam": ("Siamese network, predictor and stop-gradient; --stopgrad picks GSG's policy",
+                "Chen & He, Exploring Simple Siamese Representation Learning, CVPR 2021"),
+    "byol": ("SimSiam's loss with a momentum (EMA) target network; --stopgrad picks GSG's policy",
+             "Grill et al., Bootstrap Your Own Latent, NeurIPS 2020"),
+    "instdisc": ("instance discrimination against a memory bank of per-image embeddings",
+                 "Wu et al., Unsupervised Feature Learning via Non-Parametric Instance Discrimination, CVPR 2018"),
+    "moco-v2": ("momentum key encoder and a queue of negatives, shuffle-BN",
+                "Chen et al., Improved Baselines with Momentum Contrastive Learning, 2020"),
+    "moco-v3": ("momentum keys, predictor, in-batch negatives; --stopgrad applies",
+                "Chen, Xie & He, An Empirical Study of Training Self-Supervised Vision Transformers, ICCV 2021"),
+    "simo": ("MoCo without a queue, negatives sampled from the batch, EqCo margin",
+             "Zhu et al., EqCo: Equivalent Rules for Self-supervised Contrastive Learning, 2020"),
+    "simclr": ("NT-Xent over the two views of the batch",
+               "Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, ICML 2020"),
+    "end-to-end": ("InfoNCE with in-batch keys from the same encoder (MoCo's baseline)",
+                   "He et al., Momentum Contrast for Unsupervised Visual Representation Learning, CVPR 2020"),
+    "directclr": ("InfoNCE on the first dimensions of the representation, no projector",
+                  "Jing et al., Understanding Dimensional Collapse in Contrastive SSL, ICLR 2022"),
+    "fnc": ("SimCLR with false-negative cancellation (elimination or attraction)",
+            "Huynh et al., Boosting Contrastive SSL with False Negative Cancellation, WACV 2022"),
+    "triplet": ("truncated triplet: a rank-k 'deputy' negative instead of the hardest",
+                "Wang et al., Solving Inefficiency of Self-supervised Representation Learning, ICCV 2021"),
+    "barlow-twins": ("cross-correlation of the two views driven to the identity",
+                     "Zbontar et al., Barlow Twins, ICML 2021"),
+    "vicreg": ("variance, invariance and covariance regularisation",
+               "Bardes, Ponce & LeCun, VICReg, ICLR 2022"),
+    "twist": ("twin class distributions: consistency, sharpness, diversity",
+              "Wang et al., Self-Supervised Learning by Estimating Twin Class Distributions, 2021"),
+    "spcl": ("SimCLR plus prototypes from k-means, a Siamese metric loss and prototypical cross-entropy",
+             "Mo, Sun & Li, Siamese Prototypical Contrastive Learning, BMVC 2021"),
+}
+
 
 def build_method(cfg: "Config", in_channels: int) -> nn.Module:
     """The method ``cfg.method`` with the backbone, heads and options of ``cfg``."""
@@ -72,4 +106,4 @@ def backbone_and_heads(cfg: "Config", in_channels: int, predictor: bool = True):
     return net, proj, pred
 
 
-__all__ = ["METHODS", "Siamese", "build_method", "backbone_and_heads"]
+__all__ = ["METHODS", "METHOD_INFO", "Siamese", "build_method", "backbone_and_heads"]
