@@ -273,3 +273,21 @@ def test_the_alarm_needs_consecutive_low_evaluations():
         [False, False, False, False, False, True, True]
     assert "epochs 4-7" in alarm.message()
     assert not alarm.update(8, {"knn_top1": 0.5})  # an evaluation without geometry changes nothing
+
+
+def test_describe_needs_both_views_or_neither():
+    import torch
+    from stopgrad.evaluate.geometry import describe
+    z = torch.randn(16, 4)
+    with pytest.raises(ValueError, match="both views"):
+        describe(z, z)
+    assert "alignment" in describe(z, z, z) and "alignment" not in describe(z)
+
+
+def test_a_mistyped_evaluation_option_is_an_error(tmp_path):
+    from stopgrad.config import ConfigError, build_config
+    from stopgrad.evaluate.saved import evaluate_saved
+    from stopgrad.runs import write_config
+    write_config(tmp_path, build_config(overrides={"dataset": "digits", "width": 4}), device="cpu")
+    with pytest.raises(ConfigError, match="knn takes no option k;"):
+        evaluate_saved("knn", tmp_path, device="cpu", save=False, k=20)

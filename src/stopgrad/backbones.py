@@ -22,7 +22,17 @@ class SmallCNN(nn.Sequential):
 
     The first block has stride 2, so a 28x28 image reaches the last block at 4x4. Pooling to 2x2
     rather than 1x1 keeps the coarse layout (where the sleeves, the sole, the handle are) that
-    Fashion-MNIST classes differ by; see README, "The default recipe".
+    Fashion-MNIST classes differ by; see docs/recipes.md, "The default recipe, measured".
+
+    Args:
+        in_channels: C of the input images.
+        width: w, the first block's channels.
+        pool: side of the pooled grid.
+    Input (N, C, H, W) float images; output (N, feature_dim) features.
+
+    >>> net = sg.SmallCNN(in_channels=3, width=4, pool=1)  # feature_dim = 8 * 4 * 1**2
+    >>> net.feature_dim, net(torch.rand(2, 3, 32, 32)).shape
+    (32, torch.Size([2, 32]))
     """
 
     def __init__(self, in_channels: int = 1, width: int = 32, pool: int = 2):
@@ -47,7 +57,26 @@ def _torchvision_resnet(name: str, in_channels: int, cifar_stem: bool) -> nn.Mod
 
 
 def build_backbone(name: str, in_channels: int = 3, width: int = 32) -> nn.Module:
-    """``width`` applies to ``small-cnn`` only."""
+    """The backbone ``name`` (one of :data:`BACKBONES`), with freshly initialised weights.
+
+    ``width`` applies to ``small-cnn`` only. The ResNets' classifier is replaced by ``nn.Identity``.
+
+    Args:
+        name: ``"small-cnn"``, ``"resnet18-cifar"`` or ``"resnet50"``.
+        in_channels: C of the input images.
+        width: the small CNN's first-block width.
+    Returns:
+        an ``nn.Module`` mapping (N, C, H, W) float images to (N, F) features, F = its ``feature_dim``.
+
+    >>> _ = torch.manual_seed(0)
+    >>> net = sg.build_backbone("small-cnn", 1, width=4)  # feature_dim = 8 * 4 * 2**2
+    >>> net.feature_dim, net(torch.randn(2, 1, 28, 28)).shape
+    (128, torch.Size([2, 128]))
+    >>> sg.build_backbone("vit")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown backbone 'vit'; choose one of small-cnn, resnet18-cifar, resnet50
+    """
     if name == "small-cnn":
         return SmallCNN(in_channels, width)
     if name == "resnet18-cifar":

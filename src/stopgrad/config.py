@@ -23,7 +23,17 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 
 class ConfigError(ValueError):
-    """Invalid configuration; the message names the problem and the fix."""
+    """Invalid configuration; the message names the problem and the fix.
+
+    A ``ValueError``; raised by :func:`build_config` and :meth:`Config.validate`.
+
+    >>> sg.build_config(overrides={"widht": 4})
+    Traceback (most recent call last):
+    ...
+    stopgrad.config.ConfigError: unknown key 'widht' in the overrides; did you mean 'width'?
+    >>> issubclass(sg.ConfigError, ValueError)
+    True
+    """
 
 
 # learning rates of methods that diverge at the default 0.2 with plain SGD: VICReg's covariance term
@@ -33,6 +43,23 @@ METHOD_LR = {"vicreg": 0.05}
 
 @dataclass(frozen=True)
 class Config:
+    """Every setting of a run, with its default (frozen; the comments below say what each is).
+
+    ``Config(...)`` takes the fields as keywords and does not check them; :func:`build_config`
+    (defaults, preset YAML, overrides) returns a validated one, and :meth:`validate` checks one.
+    ``lr=None`` becomes the method's default learning rate. It holds no tensors: shapes follow
+    from ``views``, ``batch_size``, ``image_size``, ``width`` and ``heads``.
+
+    >>> cfg = sg.Config(method="vicreg", width=4)
+    >>> cfg.lr, cfg.batch_size, cfg.views  # VICReg's own default learning rate
+    (0.05, 128, 2)
+    >>> cfg.replace(epochs=1).epochs, cfg.epochs  # a changed copy
+    (1, 8)
+    >>> sg.Config(batch_size=1).validate()
+    Traceback (most recent call last):
+    ...
+    stopgrad.config.ConfigError: batch_size must be at least 2: every image needs a partner image in its batch (got 1)
+    """
     # what to train
     method: str = "byol"
     stopgrad: str = "guided"
@@ -260,7 +287,22 @@ def load_yaml(path: Path) -> dict:
 
 
 def build_config(preset: str | None = None, overrides: dict | None = None) -> Config:
-    """Defaults, then the preset file, then explicit overrides; validated."""
+    """Defaults, then the preset file, then explicit overrides; validated.
+
+    Args:
+        preset: a YAML path, or a packaged preset such as ``"digits/quick"`` (``stopgrad list``).
+        overrides: field -> value, applied last.
+    Returns:
+        a validated :class:`Config`.
+    Raises:
+        ConfigError: an unknown key, an invalid value or a missing preset.
+
+    >>> cfg = sg.build_config("digits/quick", overrides={"width": 4})
+    >>> cfg.method, cfg.dataset, cfg.width, cfg.epochs, cfg.batch_size
+    ('byol', 'digits', 4, 10, 64)
+    >>> sg.build_config(overrides={"method": "simclr"}).temperature
+    0.2
+    """
     values: dict = {}
     if preset is not None:
         values.update(load_yaml(resolve_preset(preset)))

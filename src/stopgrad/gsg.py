@@ -18,6 +18,10 @@ a policy keeps one term of ``a`` and one of ``b``:
 
 The batch loss is the mean over pairs of ``1/2 (term of a + term of b)``
 (``1/4`` of all four terms for ``symmetric``).
+
+Paper: Lee & Lee, "Implicit Contrastive Representation Learning with Guided Stop-gradient" (GSG).
+Every image of a batch is ``a`` once, its partner ``b`` the image ``partners[a]`` of a
+:func:`derangement`; all tensors are (2, B, D): views 1 and 2 of B images.
 """
 from __future__ import annotations
 
@@ -29,10 +33,21 @@ POLICIES = ("guided", "random", "reverse", "symmetric")
 
 
 def derangement(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """A uniformly random permutation of ``range(n)`` with no fixed point.
+    """A uniformly random permutation of ``range(n)`` with no fixed point: image i's partner.
 
     Drawn by rejection: a uniform permutation is a derangement with probability ~1/e, so the
     expected number of draws is ~2.7 and every derangement is equally likely.
+
+    Args:
+        n: the batch size, n >= 2.
+        generator: a CPU generator (the permutation is always drawn on the host).
+        device: where the result is put.
+    Returns:
+        (n,) int64 with ``perm[i] != i`` for every i.
+
+    >>> perm = sg.derangement(6, torch.Generator().manual_seed(0))
+    >>> perm.shape, bool((perm != torch.arange(6)).all()), sorted(perm.tolist())
+    (torch.Size([6]), True, [0, 1, 2, 3, 4, 5])
     """
     if n < 2:
         raise ValueError(f"derangement needs n >= 2 (got n={n}): an image cannot be its own partner")
@@ -55,6 +70,22 @@ def select_sources(z_a: torch.Tensor, z_b: torch.Tensor, policy: str,
 
     Cases are numbered as in the paper: 0 = (11, 21), 1 = (11, 22), 2 = (12, 21), 3 = (12, 22);
     ties go to the first case, as in the paper's if/elif chain.
+
+    Args:
+        z_a, z_b: (2, B, D) targets of views 1 and 2 of images a and of their partners b.
+        policy: ``"guided"`` (closest cross-pair), ``"reverse"`` (its complement) or ``"random"``.
+        generator: drives ``"random"``; its device is where the cases are drawn.
+    Returns:
+        (source view of a, source view of b), (B,) int64 each, on the device of ``z_a``.
+
+    One pair (B = 1) in D = 2, where view 2 of b is the target closest to view 1 of a:
+
+    >>> z_a = torch.tensor([[[1.0, 0.0]], [[-1.0, 0.0]]])  # (2, 1, 2): views 1 and 2 of image a
+    >>> z_b = torch.tensor([[[-5.0, 0.0]], [[2.0, 0.0]]])  # views 1 and 2 of its partner b
+    >>> sg.select_sources(z_a, z_b, "guided")  # case (11, 22): view 1 of a, view 2 of b
+    (tensor([0]), tensor([1]))
+    >>> sg.select_sources(z_a, z_b, "reverse")  # the far views instead
+    (tensor([1]), tensor([0]))
     """
     if policy in ("guided", "reverse"):
         with torch.no_grad():
@@ -83,8 +114,20 @@ def pair_loss(p_a: torch.Tensor, z_a: torch.Tensor, p_b: torch.Tensor, z_b: torc
         policy: ``"guided"``, ``"random"``, ``"reverse"`` or ``"symmetric"``.
         generator: drives the ``"random"`` policy (on the device of the tensors).
     Returns:
-        mean over pairs of 1/2 (term of a + term of b); ``symmetric`` is 1/4 of all four terms.
-        Targets are detached; gradients reach only the predictions of the selected source views.
+        scalar: mean over pairs of 1/2 (term of a + term of b); ``symmetric`` is 1/4 of all four
+        terms. Targets are detached; gradients reach only the predictions of the selected source
+        views.
+
+    >>> _ = torch.manual_seed(0)
+    >>> p = torch.randn(2, 8, 16, requires_grad=True)  # (2, B, D): predictions h(z) of views 1 and 2
+    >>> z = torch.randn(2, 8, 16)  # (2, B, D): their targets (online or momentum projections)
+    >>> partners = sg.derangement(8, torch.Generator().manual_seed(0))
+    >>> loss = sg.pair_loss(p, z, p[:, partners], z[:, partners], policy="guided")
+    >>> loss.shape, bool(-1 <= loss <= 1)
+    (torch.Size([]), True)
+    >>> loss.backward()  # into p only: the targets are constants
+    >>> p.grad.shape
+    torch.Size([2, 8, 16])
     """
     if p_a.shape != z_a.shape or p_b.shape != z_b.shape or p_a.shape[0] != 2 or p_b.shape[0] != 2:
         raise ValueError(f"pair_loss expects (2, B, D) tensors; got p_a {tuple(p_a.shape)}, "

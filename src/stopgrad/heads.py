@@ -9,6 +9,19 @@ def mlp(dims: list[int] | tuple[int, ...], last_bn: bool = False, last_bn_affine
 
     Every hidden layer is Linear (no bias) + BatchNorm + ReLU; the output layer is Linear, followed
     by a BatchNorm when ``last_bn`` (its bias is then redundant and dropped).
+
+    Args:
+        dims: layer sizes, input first; at least two.
+        last_bn: a BatchNorm after the output layer.
+        last_bn_affine: whether that BatchNorm has a learnable scale and shift.
+    Returns:
+        an ``nn.Sequential`` mapping (N, dims[0]) to (N, dims[-1]).
+
+    >>> net = sg.mlp([8, 16, 4], last_bn=True)
+    >>> [type(layer).__name__ for layer in net]
+    ['Linear', 'BatchNorm1d', 'ReLU', 'Linear', 'BatchNorm1d']
+    >>> net(torch.randn(5, 8)).shape
+    torch.Size([5, 4])
     """
     if len(dims) < 2:
         raise ValueError(f"an MLP needs at least an input and an output size, got {list(dims)}")
@@ -39,12 +52,38 @@ SMALL_EXPANDER = [512, 512, 512]
 
 
 def projector(in_dim: int, hidden: list[int]) -> nn.Sequential:
-    """Backbone features -> projection z; output BatchNorm as in SimSiam / the GSG code."""
+    """Backbone features -> projection z; output BatchNorm as in SimSiam / the GSG code.
+
+    Args:
+        in_dim: F, the backbone's ``feature_dim``.
+        hidden: the layer sizes after the input; the last is the projection size D.
+    Returns:
+        an ``nn.Sequential`` mapping (N, F) features to (N, D) projections.
+
+    >>> proj = sg.projector(128, sg.HEAD_PRESETS["small"]["projector"])  # 128 -> 512 -> 512
+    >>> proj(torch.randn(4, 128)).shape
+    torch.Size([4, 512])
+    """
     return mlp([in_dim, *hidden], last_bn=True)
 
 
 def predictor(dim: int, hidden: list[int]) -> nn.Sequential:
-    """Projection z -> prediction p (bottleneck MLP, plain linear output)."""
+    """Projection z -> prediction p (bottleneck MLP, plain linear output).
+
+    Args:
+        dim: D, the projection size.
+        hidden: the layer sizes after the input; the last must be D.
+    Returns:
+        an ``nn.Sequential`` mapping (N, D) projections to (N, D) predictions.
+
+    >>> pred = sg.predictor(512, [128, 512])  # 512 -> 128 -> 512
+    >>> pred(torch.randn(4, 512)).shape
+    torch.Size([4, 512])
+    >>> sg.predictor(512, [128, 256])
+    Traceback (most recent call last):
+    ...
+    ValueError: the predictor must output the projection size 512, got 256
+    """
     if hidden[-1] != dim:
         raise ValueError(f"the predictor must output the projection size {dim}, got {hidden[-1]}")
     return mlp([dim, *hidden], last_bn=False)
@@ -53,7 +92,18 @@ def predictor(dim: int, hidden: list[int]) -> nn.Sequential:
 def expander(in_dim: int, hidden: list[int]) -> nn.Sequential:
     """Barlow Twins' projector / VICReg's expander: Linear-BN-ReLU hidden layers, then a plain Linear
     without bias (both authors' code; their losses standardise or centre each dimension, so an output
-    bias would receive no gradient)."""
+    bias would receive no gradient).
+
+    Args:
+        in_dim: F, the backbone's ``feature_dim``.
+        hidden: the layer sizes after the input; the last is the embedding size D.
+    Returns:
+        an ``nn.Sequential`` mapping (N, F) features to (N, D) embeddings.
+
+    >>> net = sg.expander(128, [64, 64, 32])
+    >>> net(torch.randn(4, 128)).shape, net[-1].bias is None
+    (torch.Size([4, 32]), True)
+    """
     net = mlp([in_dim, *hidden])
     last = net[-1]
     net[-1] = nn.Linear(last.in_features, last.out_features, bias=False)

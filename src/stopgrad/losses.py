@@ -19,6 +19,10 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         z: (..., D) targets, same shape.
     Returns:
         (...) per-row negative cosine similarity in [-1, 1].
+
+    >>> p = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # (B, D) = (2, 2)
+    >>> sg.negative_cosine(p, torch.tensor([[3.0, 0.0], [0.0, -1.0]]))  # parallel, opposite
+    tensor([-1.,  1.])
     """
     return -F.cosine_similarity(p, z, dim=-1)
 
@@ -37,6 +41,17 @@ def info_nce(q: torch.Tensor, k_pos: torch.Tensor, k_neg: torch.Tensor, temperat
         margin: m, subtracted from the positive similarity (see :func:`eqco_margin`).
     Returns:
         scalar mean loss.
+
+    Each query is its own positive (similarity 1) and its negatives are orthogonal to it
+    (similarity 0), so with T = 1 the loss is log(1 + K / e):
+
+    >>> q = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # (B, D) = (2, 3)
+    >>> k_neg = torch.tensor([[0.0, 0.0, 1.0]])  # (K, D) = (1, 3), shared by both queries
+    >>> loss = sg.info_nce(q, q, k_neg, temperature=1.0)
+    >>> loss.shape, round(loss.item(), 3)  # log(1 + 1/e)
+    (torch.Size([]), 0.313)
+    >>> round(sg.info_nce(q, q, k_neg.expand(2, 4, 3), temperature=1.0).item(), 3)  # (B, K, D): log(1 + 4/e)
+    0.905
     """
     q, k_pos, k_neg = F.normalize(q, dim=-1), F.normalize(k_pos, dim=-1), F.normalize(k_neg, dim=-1)
     pos = (q * k_pos).sum(-1, keepdim=True) - margin  # (B, 1)
@@ -49,6 +64,18 @@ def eqco_margin(temperature: float, alpha: float, k: int) -> float:
     """EqCo's equivalent-rule margin m = T log(alpha / K): K physical negatives act as alpha of them.
 
     With it, InfoNCE's mutual-information bound log K + m/T - L becomes log alpha - L.
+
+    Args:
+        temperature: T > 0.
+        alpha: the number of negatives the K physical ones should act as.
+        k: K, the physical negatives per query.
+    Returns:
+        the margin m (a float; negative when alpha < K).
+
+    >>> round(sg.eqco_margin(0.2, alpha=256, k=65536), 3)  # 0.2 * log(1 / 256)
+    -1.109
+    >>> sg.eqco_margin(0.2, alpha=256, k=256)
+    0.0
     """
     if alpha <= 0 or k <= 0:
         raise ValueError(f"alpha and K must be positive, got alpha={alpha}, K={k}")
@@ -64,6 +91,16 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     Args:
         z1, z2: (B, D) embeddings of the two views; row i of each is image i.
         temperature: T > 0.
+    Returns:
+        scalar mean over the 2B anchors.
+
+    Both views of an image agree (similarity 1) and the images are orthogonal (similarity 0), so
+    with T = 1 every anchor's loss is log(1 + (2B - 2) / e):
+
+    >>> z = torch.eye(2)  # (B, D) = (2, 2)
+    >>> loss = sg.nt_xent(z, z, temperature=1.0)
+    >>> loss.shape, round(loss.item(), 3)  # log(1 + 2/e)
+    (torch.Size([]), 0.551)
     """
     return nt_xent_margin(z1, z2, temperature)
 
@@ -91,6 +128,20 @@ def info_nce_in_batch(q: torch.Tensor, k: torch.Tensor, temperature: float, marg
         negatives: None for every other key, or (B, K) column indices into ``k`` of each query's
             negatives (none of them its own).
         reduction: ``"mean"`` over the B queries, or ``"none"`` for the (B,) per-query losses.
+    Returns:
+        scalar, or (B,) with ``reduction="none"``.
+
+    Each query is its own key (similarity 1) and orthogonal to the other keys (similarity 0), so
+    with T = 1 a query with K negatives has the loss log(1 + K / e):
+
+    >>> q = torch.eye(3)  # (B, D) = (3, 3)
+    >>> sg.info_nce_in_batch(q, q, temperature=1.0, reduction="none").shape
+    torch.Size([3])
+    >>> round(sg.info_nce_in_batch(q, q, temperature=1.0).item(), 3)  # K = 2: log(1 + 2/e)
+    0.551
+    >>> negatives = torch.tensor([[1], [2], [0]])  # (B, K) = (3, 1): one chosen negative each
+    >>> round(sg.info_nce_in_batch(q, q, temperature=1.0, negatives=negatives).item(), 3)  # log(1 + 1/e)
+    0.313
     """
     q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
     sim = q @ k.T  # (B, B): one matrix product gives every positive and every negative
@@ -127,6 +178,15 @@ def nt_xent_margin(z1: torch.Tensor, z2: torch.Tensor, temperature: float, margi
         margin: m (see :func:`eqco_margin` with K = 2B - 2).
     Returns:
         scalar mean over the 2B anchors.
+
+    With the views of :func:`nt_xent`'s example and m = 1 the positive's logit drops from 1 to 0,
+    level with the two negatives' (T = 1), so every anchor's loss is log 3:
+
+    >>> z = torch.eye(2)  # (B, D) = (2, 2)
+    >>> round(sg.nt_xent_margin(z, z, temperature=1.0, margin=1.0).item(), 3)
+    1.099
+    >>> torch.equal(sg.nt_xent_margin(z, z, 0.5), sg.nt_xent(z, z, 0.5))  # margin 0
+    True
     """
     sim, target, _, own = _two_view_logits(z1, z2, temperature, margin)
     return F.cross_entropy(sim.masked_fill(own, float("-inf")), target)
@@ -148,6 +208,15 @@ def fnc_false_negatives(z1: torch.Tensor, z2: torch.Tensor, support: torch.Tenso
         top_k: false negatives per image, 1 <= top_k <= 2B - 2.
     Returns:
         (2B, 2B) bool, True at [anchor, candidate] for the cancelled candidates.
+
+    >>> z1 = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])  # (B, D) = (3, 2): images 0 and 1 look alike
+    >>> z2 = torch.tensor([[1.0, -0.2], [1.0, 0.3], [0.1, 1.0]])  # their second views
+    >>> support = z1[None]  # (S, B, D) = (1, 3, 2): one support view per image
+    >>> mask = sg.fnc_false_negatives(z1, z2, support, top_k=1)
+    >>> mask.shape, mask.dtype
+    (torch.Size([6, 6]), torch.bool)
+    >>> mask.nonzero().tolist()  # [anchor, candidate]: rows i and B + i pick the same candidate
+    [[0, 1], [1, 0], [2, 4], [3, 1], [4, 0], [5, 4]]
     """
     b = len(z1)
     if not 1 <= top_k <= 2 * b - 2:
@@ -183,6 +252,17 @@ def fnc_loss(z1: torch.Tensor, z2: torch.Tensor, support: torch.Tensor, temperat
         margin: m on the positive (see :func:`eqco_margin`).
     Returns:
         scalar mean over the 2B anchors.
+
+    With the embeddings of :func:`fnc_false_negatives`' example, where images 0 and 1 look alike:
+
+    >>> z1 = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])  # (B, D) = (3, 2): images 0 and 1 look alike
+    >>> z2 = torch.tensor([[1.0, -0.2], [1.0, 0.3], [0.1, 1.0]])  # their second views
+    >>> support = z1[None]  # (S, B, D) = (1, 3, 2): one support view per image
+    >>> loss = sg.fnc_loss(z1, z2, support, temperature=0.5, top_k=1)
+    >>> loss.shape, bool(loss < sg.nt_xent(z1, z2, 0.5))  # fewer negatives in the denominators
+    (torch.Size([]), True)
+    >>> sg.fnc_loss(z1, z2, support, temperature=0.5, top_k=1, mode="attraction").shape
+    torch.Size([])
     """
     if mode not in ("elimination", "attraction"):
         raise ValueError(f"invalid fnc mode {mode!r}; choose elimination or attraction")
@@ -211,6 +291,12 @@ def deputy_distance(dist_neg: torch.Tensor, rank: int, smoothed: bool = False) -
         smoothed: the smoothed variant.
     Returns:
         (B,) deputy distances.
+
+    >>> dist_neg = torch.tensor([[0.1, 0.4, 0.2, 0.8, 0.3]])  # (B, K) = (1, 5)
+    >>> sg.deputy_distance(dist_neg, rank=2)  # the second-closest negative
+    tensor([0.2000])
+    >>> sg.deputy_distance(dist_neg, rank=1, smoothed=True)  # the mean of ranks 2 and 3
+    tensor([0.2500])
     """
     last = _deputy_last(rank, smoothed, dist_neg.shape[1])
     nearest = dist_neg.topk(last, dim=1, largest=False).values  # ascending
@@ -244,6 +330,15 @@ def truncated_triplet(anchor: torch.Tensor, keys: torch.Tensor, rank: int, smoot
         margin: the triplet margin (>= 4 makes the hinge always active: a linear loss).
     Returns:
         scalar mean over the B anchors.
+
+    Anchors equal to their keys (d = 0) and orthogonal to the other keys (d = 2):
+
+    >>> x = torch.eye(4)  # (B, D) = (4, 4)
+    >>> loss = sg.truncated_triplet(x, x, rank=2)  # max(0, 0 - 2 + 0.2)
+    >>> loss.shape, loss.item()
+    (torch.Size([]), 0.0)
+    >>> sg.truncated_triplet(x, x, rank=1, smoothed=True, margin=4.0).item()  # max(0, 0 - 2 + 4)
+    2.0
     """
     a, k = F.normalize(anchor, dim=-1), F.normalize(keys, dim=-1)
     dist = 2 - 2 * (a @ k.T)  # (B, B) squared Euclidean distances of unit vectors
@@ -294,6 +389,15 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> tor
         lambd: weight of the redundancy (off-diagonal) term; the paper's 5e-3.
     Returns:
         scalar loss (a sum over dimensions, not a mean: its scale grows with D, as in the paper).
+
+    Dimensions that are standardised and uncorrelated already give C = I (up to eps):
+
+    >>> z = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])  # (B, D) = (4, 2)
+    >>> loss = sg.barlow_twins(z, 3 * z + 1)  # invariant to a positive affine change per dimension
+    >>> loss.shape, round(loss.item(), 3)
+    (torch.Size([]), 0.0)
+    >>> round(sg.barlow_twins(z, -z).item(), 3)  # C = -I: sum_i (1 - (-1))^2
+    8.0
     """
     _check_pair("barlow_twins", z1, z2)
 
@@ -314,6 +418,17 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, gamma: float = 1.0, eps: fl
         v = 1/2 [v(Z1) + v(Z2)], v(Z) = mean_j max(0, gamma - sqrt(Var z_j + eps));
         c = c(Z1) + c(Z2), c(Z) = (1/D) sum_{i != j} Cov(Z)_ij^2;
         Var and Cov unbiased (divided by B - 1).
+
+    Args:
+        z1, z2: (B, D) embeddings of the two views; row i of each is image i; B >= 2.
+        gamma: target standard deviation per dimension.
+        eps: numerical floor inside the square root.
+
+    >>> z = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])  # (B, D) = (4, 2)
+    >>> [round(t.item(), 3) for t in sg.vicreg_terms(z, z + 1)]  # std 1.15 > gamma, uncorrelated
+    [1.0, 0.0, 0.0]
+    >>> [round(t.item(), 3) for t in sg.vicreg_terms(torch.zeros(4, 2), torch.zeros(4, 2))]  # collapse
+    [0.0, 0.99, 0.0]
     """
     _check_pair("vicreg", z1, z2)
     invariance = F.mse_loss(z1, z2)
@@ -351,6 +466,15 @@ def vicreg(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_wei
         eps: numerical floor inside the square root (1e-4).
     Returns:
         scalar loss.
+
+    With the terms of :func:`vicreg_terms`' example:
+
+    >>> z = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])  # (B, D) = (4, 2)
+    >>> loss = sg.vicreg(z, z + 1)  # 25 * invariance 1
+    >>> loss.shape, round(loss.item(), 3)
+    (torch.Size([]), 25.0)
+    >>> round(sg.vicreg(torch.zeros(4, 2), torch.zeros(4, 2)).item(), 3)  # 25 * variance 0.99
+    24.75
     """
     invariance, variance, covariance = vicreg_terms(z1, z2, gamma, eps)
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance
@@ -365,6 +489,16 @@ def twist_terms(logits1: torch.Tensor, logits2: torch.Tensor) -> tuple[torch.Ten
         consistency = 1/2 [mean_i KL(P^1_i || P^2_i) + mean_i KL(P^2_i || P^1_i)];
         sharpness = 1/2 [mean_i H(P^1_i) + mean_i H(P^2_i)] (mean row entropy);
         diversity = 1/2 [H(mean_i P^1_i) + H(mean_i P^2_i)] (entropy of the mean row).
+
+    Args:
+        logits1, logits2: (B, C) class logits of the two views; row i of each is image i; C >= 2.
+
+    >>> uniform = torch.zeros(4, 3)  # (B, C) = (4, 3): every image spread over all classes
+    >>> [round(t.item(), 3) for t in sg.twist_terms(uniform, uniform)]  # 0, log 3, log 3
+    [0.0, 1.099, 1.099]
+    >>> sharp = 20 * torch.eye(3)  # (B, C) = (3, 3): image i sure of class i
+    >>> [round(t.item(), 3) for t in sg.twist_terms(sharp, sharp)]
+    [0.0, 0.0, 1.099]
     """
     if logits1.dim() != 2 or logits1.shape != logits2.shape or logits1.shape[1] < 2:
         raise ValueError(f"twist takes two (B, C) logits of the same shape with C >= 2 classes, got "
@@ -399,6 +533,13 @@ def twist(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
         logits1, logits2: (B, C) class logits of the two views; row i of each is image i.
     Returns:
         scalar loss, in [-log C, log C + max KL].
+
+    >>> sharp = 20 * torch.eye(3)  # (B, C) = (3, 3): confident, consistent, every class used
+    >>> loss = sg.twist(sharp, sharp)
+    >>> loss.shape, round(loss.item(), 3)  # the minimum, -log 3
+    (torch.Size([]), -1.099)
+    >>> round(sg.twist(torch.zeros(4, 3), torch.zeros(4, 3)).item(), 3)  # uniform: log 3 - log 3
+    0.0
     """
     consistency, sharpness, diversity = twist_terms(logits1, logits2)
     return consistency + sharpness - diversity
@@ -428,6 +569,18 @@ def siamese_metric(anchor: torch.Tensor, positive: torch.Tensor, negative: torch
         reduction: ``"mean"`` over the M triplets, or ``"none"`` for the (M,) per-triplet losses.
     Returns:
         scalar, or (M,).
+
+    A head scoring a pair by its negative L1 distance; the positive equals the anchor (logit 0:
+    softplus(0) = log 2) and the negative is far (logit -10: softplus(-10) ~ 0):
+
+    >>> head = lambda d: -d.sum(1)  # (M, D) distances -> (M,) logits
+    >>> anchor = torch.zeros(2, 4)  # (M, D) = (2, 4)
+    >>> negative = torch.full((2, 4), 2.5)
+    >>> loss = sg.siamese_metric(anchor, anchor, negative, head)
+    >>> loss.shape, round(loss.item(), 3)  # (log 2 + softplus(-10)) / 2
+    (torch.Size([]), 0.347)
+    >>> sg.siamese_metric(anchor, anchor, negative, head, reduction="none").shape
+    torch.Size([2])
     """
     if anchor.dim() != 2 or not anchor.shape == positive.shape == negative.shape:
         raise ValueError(f"siamese_metric takes three (M, D) embeddings of one shape, got {tuple(anchor.shape)}, "
@@ -459,6 +612,15 @@ def symmetric_ce(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.1,
         reduction: ``"mean"`` over the N rows, or ``"none"`` for (N,).
     Returns:
         scalar, or (N,).
+
+    Uniform predictions over K = 4 classes: p_y = 1/4, so SCE = 0.1 log 4 + 4 (1 - 1/4):
+
+    >>> logits, target = torch.zeros(2, 4), torch.tensor([0, 3])  # (N, K) = (2, 4), (N,)
+    >>> loss = sg.symmetric_ce(logits, target)
+    >>> loss.shape, round(loss.item(), 3)
+    (torch.Size([]), 3.139)
+    >>> sg.symmetric_ce(logits, target, reduction="none").shape
+    torch.Size([2])
     """
     if logits.dim() != 2 or target.shape != logits.shape[:1]:
         raise ValueError(f"symmetric_ce takes (N, K) logits and (N,) targets, got {tuple(logits.shape)} "

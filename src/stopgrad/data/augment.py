@@ -30,6 +30,21 @@ _LUMA = (0.299, 0.587, 0.114)
 
 @dataclass(frozen=True)
 class AugmentRecipe:
+    """Which augmentations a view gets, and how strong (SimSiam's / the GSG paper's vocabulary).
+
+    ``crop_scale`` and ``crop_ratio`` bound the random-resized crop's area (a fraction of the
+    image) and aspect ratio; ``flip_p`` is the horizontal-flip probability; ``jitter`` the colour
+    jitter's (brightness, contrast, saturation, hue) strengths, applied with probability
+    ``jitter_p``; ``gray_p`` the grayscale probability (RGB only); ``blur_p`` and ``blur_sigma``
+    the Gaussian blur's probability and range of standard deviations. :data:`RECIPES` names the
+    paper's recipes.
+
+    >>> recipe = sg.AugmentRecipe(crop_scale=(0.2, 1.0), blur_p=0.5)
+    >>> recipe == sg.RECIPES["imagenet"], recipe.flip_p, recipe.jitter
+    (True, 0.5, (0.4, 0.4, 0.4, 0.1))
+    >>> sg.RECIPES["fashion-mnist"].jitter  # gray images: brightness and contrast only
+    (0.4, 0.4, 0.0, 0.0)
+    """
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
@@ -47,7 +62,7 @@ RECIPES = {
     "imagenet": AugmentRecipe(crop_scale=(0.2, 1.0), blur_p=0.5),
     # Fashion-MNIST: gray, centred, 28x28 objects. Crops below ~1/4 of the image leave a piece of
     # texture that no longer tells a shirt from a coat, so the minimum crop is larger; there is no
-    # colour, so jitter is brightness and contrast only (see README, "The default recipe").
+    # colour, so jitter is brightness and contrast only (see docs/recipes.md, "The default recipe, measured").
     "fashion-mnist": AugmentRecipe(crop_scale=(0.25, 1.0), jitter=(0.4, 0.4, 0.0, 0.0), gray_p=0.0),
 }
 
@@ -74,6 +89,20 @@ class ViewParams:
     ``boxes`` are crop boxes (x0, y0, x1, y1) in pixels of the source image, integer-valued;
     jitter factors are 1 (hue 0) for views whose jitter was not applied; ``sigma`` is 0 for views
     that are not blurred.
+
+    Made by :func:`sample_params`, read by :func:`apply_params`. Two views of one 4x4 image, both
+    of the whole image, the second flipped, no colour change:
+
+    >>> m = 2
+    >>> params = sg.ViewParams(boxes=torch.tensor([[0.0, 0.0, 4.0, 4.0]] * m), flip=torch.tensor([False, True]),
+    ...                        brightness=torch.ones(m), contrast=torch.ones(m), saturation=torch.ones(m),
+    ...                        hue=torch.zeros(m), gray=torch.zeros(m, dtype=torch.bool), sigma=torch.zeros(m))
+    >>> x = torch.arange(16.0).view(1, 1, 4, 4) / 15  # (N, C, H, W) = (1, 1, 4, 4) in [0, 1]
+    >>> views = sg.apply_params(x, params, sg.RECIPES["fashion-mnist"], size=4, source=torch.tensor([0, 0]))
+    >>> len(params), views.shape
+    (2, torch.Size([2, 1, 4, 4]))
+    >>> torch.allclose(views[0], x[0]), torch.allclose(views[1], x[0].flip(-1))
+    (True, True)
     """
     boxes: torch.Tensor  # (M, 4)
     flip: torch.Tensor  # (M,) bool
@@ -121,7 +150,25 @@ def sample_crop_boxes(m: int, height: int, width: int, scale, ratio, g=None, dev
 
 
 def sample_params(m: int, recipe: AugmentRecipe, height: int, width: int, g=None, device=None) -> ViewParams:
-    """Parameters of ``m`` views of ``height`` x ``width`` images, drawn from ``g`` on ``device``."""
+    """Parameters of ``m`` views of ``height`` x ``width`` images, drawn from ``g`` on ``device``.
+
+    Args:
+        m: the number of views M.
+        recipe: the distributions to draw from.
+        height, width: the source images' size.
+        g: a generator on ``device`` (default: the global one).
+    Returns:
+        :class:`ViewParams` of length M: ``boxes`` (M, 4), ``flip`` and ``gray`` (M,) bool, the
+        jitter factors and ``sigma`` (M,) float.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> params = sg.sample_params(6, sg.RECIPES["cifar"], 32, 32, g)
+    >>> len(params), params.boxes.shape, params.flip.shape, params.flip.dtype
+    (6, torch.Size([6, 4]), torch.Size([6]), torch.bool)
+    >>> x0, y0, x1, y1 = params.boxes.unbind(1)  # whole pixels, inside the image
+    >>> bool((0 <= x0).all() and (x0 < x1).all() and (x1 <= 32).all() and (params.boxes == params.boxes.round()).all())
+    True
+    """
     boxes = sample_crop_boxes(m, height, width, recipe.crop_scale, recipe.crop_ratio, g, device)
     flip = _bernoulli(m, recipe.flip_p, g, device)
     jitter = _bernoulli(m, recipe.jitter_p, g, device) & any(v > 0 for v in recipe.jitter)
@@ -216,6 +263,21 @@ def apply_params(x: torch.Tensor, params: ViewParams, recipe: AugmentRecipe, siz
 
     ``recipe`` only says which operations can be skipped outright (those it never applies), so
     no value is read back from the device. Returns (M, C, size, size) in [0, 1].
+
+    Args:
+        x: (N, C, H, W) float images in [0, 1].
+        params: M views' parameters (:func:`sample_params`).
+        recipe: the recipe ``params`` were drawn with.
+        size: the views' side.
+        source: (M,) int64, the image each view is made from (default: view i from image i).
+
+    Four views of two images, each image twice (see :class:`ViewParams` for a view picked by hand):
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.rand(2, 3, 32, 32, generator=g)
+    >>> params = sg.sample_params(4, sg.RECIPES["cifar"], 32, 32, g)
+    >>> sg.apply_params(x, params, sg.RECIPES["cifar"], size=24, source=torch.tensor([0, 1, 0, 1])).shape
+    torch.Size([4, 3, 24, 24])
     """
     if source is None:
         source = torch.arange(len(params), device=x.device)
@@ -244,6 +306,12 @@ def augment(images: torch.Tensor, recipe: AugmentRecipe, mean, std, size: int | 
         views: views per image.
     Returns:
         (views * N, C, size, size) float32, normalised; view v of image i is row v * N + i.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=g)
+    >>> views = sg.augment(images, sg.RECIPES["fashion-mnist"], (0.5,), (0.5,), size=16, generator=g, views=2)
+    >>> views.shape, views.dtype
+    (torch.Size([8, 1, 16, 16]), torch.float32)
     """
     n, _, height, width = images.shape
     params = sample_params(views * n, recipe, height, width, generator, images.device)
@@ -253,7 +321,22 @@ def augment(images: torch.Tensor, recipe: AugmentRecipe, mean, std, size: int | 
 
 
 def prepare(images: torch.Tensor, mean, std, size: int | None = None) -> torch.Tensor:
-    """Un-augmented evaluation input: scale to [0, 1], resize when asked, normalise."""
+    """Un-augmented evaluation input: scale to [0, 1], resize when asked, normalise.
+
+    Args:
+        images: (N, C, H, W) uint8.
+        mean, std: per-channel normalisation.
+        size: output side (default: the input's); resized bilinearly with antialiasing.
+    Returns:
+        (N, C, size, size) float32: (images / 255 - mean) / std.
+
+    >>> white = torch.full((2, 1, 8, 8), 255, dtype=torch.uint8)
+    >>> x = sg.prepare(white, mean=(0.5,), std=(0.5,))
+    >>> x.shape, x.dtype, x.unique().tolist()
+    (torch.Size([2, 1, 8, 8]), torch.float32, [1.0])
+    >>> sg.prepare(white, (0.5,), (0.5,), size=16).shape
+    torch.Size([2, 1, 16, 16])
+    """
     x = images.float().div_(255)
     if size is not None and size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

@@ -30,11 +30,28 @@ STREAM_BYTES = 2 * 1024 ** 3  # image folders whose decoded training split is la
 
 
 class DataError(Exception):
-    """A data set cannot be found or read; the message says how to fix it."""
+    """A data set cannot be found or read; the message says how to fix it.
+
+    >>> sg.load_dataset("mnist")
+    Traceback (most recent call last):
+    ...
+    stopgrad.data.datasets.DataError: unknown dataset 'mnist'; choose one of fashion-mnist, cifar10, ...
+    """
 
 
 @dataclass
 class ImageData:
+    """A labelled data set: uint8 images (N, C, H, W) and int64 labels (N,) of a train and a test split.
+
+    ``mean`` and ``std`` are the per-channel normalisation the images are fed with; ``channels``,
+    ``image_size`` (W) and ``num_classes`` (the largest label + 1) are read off the tensors.
+
+    >>> x = torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
+    >>> y = torch.tensor([0, 1, 2, 0, 1, 2])
+    >>> data = sg.ImageData("toy", x[:4], y[:4], x[4:], y[4:], mean=(0.5,), std=(0.25,))
+    >>> data.channels, data.image_size, data.num_classes
+    (1, 8, 3)
+    """
     name: str
     train_x: torch.Tensor | FolderImages  # (N, C, H, W) uint8, in memory or streamed from disk
     train_y: torch.Tensor  # (N,) int64
@@ -55,7 +72,7 @@ class ImageData:
 
     @property
     def num_classes(self) -> int:
-        return int(max(self.train_y.max(), self.test_y.max())) + 1
+        return int(max(y.max() for y in (self.train_y, self.test_y) if len(y))) + 1
 
 
 def _data_dirs(data_dir: str | None, default: list[Path]) -> list[Path]:
@@ -313,7 +330,24 @@ def load_folder(path: str, image_size: int | None = None, stream: bool | None = 
 
 def load_dataset(name: str, data_dir: str | None = None, image_size: int | None = None,
                  download: bool = True, stream: bool | None = None, strict: bool = False) -> ImageData:
-    """The named data set; ``stream`` and ``strict`` apply to ``folder:PATH`` (see ``load_folder``)."""
+    """The named data set; ``stream`` and ``strict`` apply to ``folder:PATH`` (see ``load_folder``).
+
+    Args:
+        name: one of :data:`DATASETS`: ``fashion-mnist``, ``cifar10``, ``cifar100``, ``digits``
+            (scikit-learn's, offline) or ``folder:PATH``.
+        data_dir: where the files are (default: the usual places, then a download).
+        image_size: the side image folders are resized to (default 64); the others keep theirs.
+    Returns:
+        :class:`ImageData`: train and test images (N, C, H, W) uint8 and labels (N,) int64.
+    Raises:
+        DataError: the data set is unknown, missing or unreadable.
+
+    >>> data = sg.load_dataset("digits")  # 1,797 8x8 gray digits, split 80/20
+    >>> data.train_x.shape, data.train_x.dtype, data.train_y.shape, data.test_x.shape
+    (torch.Size([1437, 1, 8, 8]), torch.uint8, torch.Size([1437]), torch.Size([360, 1, 8, 8]))
+    >>> data.channels, data.image_size, data.num_classes, data.mean, data.std
+    (1, 8, 10, (0.3,), (0.38,))
+    """
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir, download)
     if name in _CIFAR:

@@ -18,7 +18,17 @@ from ..data.stream import iter_batches
 
 @contextlib.contextmanager
 def eval_mode(module: nn.Module):
-    """``module.eval()`` inside the block, its previous train/eval mode restored afterwards."""
+    """``module.eval()`` inside the block, its previous train/eval mode restored afterwards.
+
+    Yields ``module`` itself (no copy); tensors pass through it unchanged in shape.
+
+    >>> net = sg.build_backbone("small-cnn", 1, width=4)
+    >>> with sg.eval_mode(net) as frozen:
+    ...     print(frozen is net, net.training, net(torch.zeros(1, 1, 8, 8)).shape)
+    True False torch.Size([1, 128])
+    >>> net.training
+    True
+    """
     was_training = module.training
     module.eval()
     try:
@@ -47,6 +57,17 @@ def embed(module: nn.Module, images, mean, std, size: int | None = None, batch_s
         recipe: augment each image once with this recipe (drawn from ``generator``) instead of the
             un-augmented centre view.
         out_device: where the result lives (default: the module's device).
+    Returns:
+        (N, F) float32, rows of unit length when ``normalize``; row i is image i.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> net = sg.build_backbone("small-cnn", 1, width=4)  # F = 128
+    >>> images = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8, generator=g)
+    >>> f = sg.embed(net, images, mean=(0.5,), std=(0.5,), batch_size=4)
+    >>> f.shape, f.dtype, torch.allclose(f.norm(dim=1), torch.ones(10))
+    (torch.Size([10, 128]), torch.float32, True)
+    >>> sg.embed(net, images, (0.5,), (0.5,), size=16, normalize=False).shape  # resized to 16x16 first
+    torch.Size([10, 128])
     """
     device = torch.device(device) if device is not None else module_device(module)
     amp = device.type == "cuda" if amp is None else amp

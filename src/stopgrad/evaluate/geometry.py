@@ -35,32 +35,68 @@ from .features import embed, eval_mode, projection_module
 
 
 def collapse_std(z: torch.Tensor) -> float:
-    """Mean per-dimension std of the L2-normalised rows of ``z`` (N, D)."""
+    """Mean per-dimension std of the L2-normalised rows of ``z`` (N, D).
+
+    Returns a float: 1/sqrt(D) for D orthogonal directions, 0 when every row is the same point.
+
+    >>> round(sg.collapse_std(torch.eye(4)), 3)  # (N, D) = (4, 4): 1/sqrt(4)
+    0.5
+    >>> sg.collapse_std(torch.ones(8, 4))  # complete collapse
+    0.0
+    """
     return _collapse_std(z).item()
 
 
 def spectrum(z: torch.Tensor) -> torch.Tensor:
-    """(D,) eigenvalues of the covariance of the L2-normalised rows of ``z``, descending (float64, CPU)."""
+    """(D,) eigenvalues of the covariance of the L2-normalised rows of ``z``, descending (float64, CPU).
+
+    ``z`` is (N, D). The rows of the identity span all but the direction of their mean:
+
+    >>> values = sg.spectrum(torch.eye(4))  # (N, D) = (4, 4)
+    >>> values.shape, values.dtype, [round(v, 3) for v in values.tolist()]
+    (torch.Size([4]), torch.float64, [0.333, 0.333, 0.333, 0.0])
+    """
     z = F.normalize(z.detach().double().cpu(), dim=1)
     cov = torch.cov(z.T)
     return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0.0)
 
 
 def effective_rank(z: torch.Tensor, eps: float = 1e-12) -> float:
-    """exp(entropy of p), p_k = s_k / sum(s): singular values s of the L2-normalised rows of ``z``."""
+    """exp(entropy of p), p_k = s_k / sum(s): singular values s of the L2-normalised rows of ``z``.
+
+    ``z`` is (N, D); returns a float in [1, min(N, D)].
+
+    >>> round(sg.effective_rank(torch.eye(4)), 3), round(sg.effective_rank(torch.ones(8, 4)), 3)
+    (4.0, 1.0)
+    """
     s = torch.linalg.svdvals(F.normalize(z.detach().double().cpu(), dim=1))
     p = s / s.sum() + eps
     return math.exp(-(p * p.log()).sum().item())
 
 
 def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2.0) -> float:
-    """E ||f(x) - f(x')||^alpha over row pairs of two views (L2-normalised rows)."""
+    """E ||f(x) - f(x')||^alpha over row pairs of two views (L2-normalised rows).
+
+    ``z1`` and ``z2`` are (N, D), row i of each a view of image i; returns a float in [0, 2^alpha].
+
+    >>> z = torch.eye(3)  # (N, D) = (3, 3)
+    >>> sg.alignment(z, z), sg.alignment(z, -z)  # identical views; opposite views: ||2 e_i||^2
+    (0.0, 4.0)
+    """
     d = (F.normalize(z1.detach().float(), dim=1) - F.normalize(z2.detach().float(), dim=1)).norm(dim=1)
     return d.pow(alpha).mean().item()
 
 
 def uniformity(z: torch.Tensor, t: float = 2.0, max_points: int = 4096) -> float:
-    """log E exp(-t ||f(x) - f(y)||^2) over pairs of distinct rows (the first ``max_points`` rows)."""
+    """log E exp(-t ||f(x) - f(y)||^2) over pairs of distinct rows (the first ``max_points`` rows).
+
+    ``z`` is (N, D), N >= 2; returns a float <= 0 (0 for a collapsed set).
+
+    >>> round(sg.uniformity(torch.eye(4)), 3)  # every pair at squared distance 2: -t * 2
+    -4.0
+    >>> sg.uniformity(torch.ones(8, 4))
+    0.0
+    """
     z = F.normalize(z[:max_points].detach().double(), dim=1)
     if len(z) < 2:
         raise ValueError("uniformity needs at least two embeddings")
@@ -71,7 +107,16 @@ def uniformity(z: torch.Tensor, t: float = 2.0, max_points: int = 4096) -> float
 def describe(z: torch.Tensor, z1: torch.Tensor | None = None, z2: torch.Tensor | None = None,
              max_points: int = 2048) -> dict[str, float]:
     """collapse_std, effective_rank, uniformity (first ``max_points`` rows) of ``z``; alignment of the
-    views ``z1``, ``z2`` when given."""
+    views ``z1``, ``z2`` when given.
+
+    ``z`` is (N, D), ``z1`` and ``z2`` (M, D) each.
+
+    >>> z = torch.eye(4)  # (N, D) = (4, 4)
+    >>> {key: round(value, 3) for key, value in sg.describe(z, z, z).items()}
+    {'collapse_std': 0.5, 'effective_rank': 4.0, 'uniformity': -4.0, 'alignment': 0.0}
+    """
+    if (z1 is None) != (z2 is None):
+        raise ValueError("describe needs both views z1 and z2 for the alignment, or neither")
     out = {"collapse_std": collapse_std(z), "effective_rank": effective_rank(z),
            "uniformity": uniformity(z, max_points=max_points)}
     if z1 is not None:
@@ -97,6 +142,30 @@ def geometry(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
     successive evaluations see the same views. With ``keep_spectra`` the covariance spectra are
     returned too (``spectra``: {"rep": [...], "proj": [...]}) for plotting. ``rep`` passes the raw
     backbone features of ``images`` when the caller has them already.
+
+    Args:
+        model: a method, or a backbone mapping (N, C, H, W) images to (N, F) features.
+        images: (N, C, H, W) uint8 test images.
+        labels: (N,) int64, or None (no TP / FN / TN similarity).
+        mean, std, size: the backbone's input normalisation and side (default: the images').
+        recipe: the augmentation of the two views.
+    Returns:
+        a dict of floats (and ``spectra`` with ``keep_spectra``).
+
+    >>> _ = torch.manual_seed(0)
+    >>> data = sg.load_dataset("digits")
+    >>> model = sg.build_method(sg.build_config(overrides={"method": "simsiam", "width": 4}), in_channels=1)
+    >>> args = (data.test_x[:64], data.test_y[:64], data.mean, data.std, sg.RECIPES["fashion-mnist"])
+    >>> metrics = sg.geometry(model, *args, pairs=32)
+    >>> sorted(metrics)
+    ['proj_alignment', 'proj_collapse_std', 'proj_effective_rank', 'proj_uniformity',
+     'rep_alignment', 'rep_collapse_std', 'rep_effective_rank', 'rep_uniformity',
+     'test_fn_similarity', 'test_tn_similarity', 'test_tp_similarity']
+    >>> all(isinstance(value, float) for value in metrics.values())
+    True
+    >>> sorted(sg.geometry(model.backbone, *args, pairs=32, keep_spectra=True))  # a bare backbone
+    ['rep_alignment', 'rep_collapse_std', 'rep_effective_rank', 'rep_uniformity', 'spectra',
+     'test_fn_similarity', 'test_tn_similarity', 'test_tp_similarity']
     """
     backbone = getattr(model, "backbone", model)
     device = next(backbone.parameters()).device

@@ -56,6 +56,21 @@ def knn_scores(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Ten
     Returns ``{k: {"top1": ..., "top5": ...}}``: top-5 counts a query when its class is among the
     five classes with the most votes and received a vote; it is None for k < 5 (fewer than five
     classes can receive votes). ``num_classes`` defaults to the largest label + 1.
+
+    Args:
+        bank: (N, F) L2-normalised features of the labelled images.
+        bank_labels: (N,) int64.
+        queries: (Q, F) L2-normalised features to classify.
+        query_labels: (Q,) int64, their true classes.
+        ks: the k to evaluate; temperature: T of the vote weights exp(sim / T).
+
+    Query 0 is a copy of the bank image of its class; query 1 (class 3) is closest to the image of
+    class 2 and second-closest to that of class 3, which is among the top five once k = 5 vote:
+
+    >>> bank, bank_labels = torch.eye(6), torch.arange(6)  # (N, F) = (6, 6), (N,)
+    >>> queries = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 0, 1.0, 0.5, 0, 0]]))
+    >>> sg.knn_scores(bank, bank_labels, queries, torch.tensor([0, 3]), ks=(1, 5))  # queries (Q, F) = (2, 6)
+    {1: {'top1': 0.5, 'top5': None}, 5: {'top1': 0.5, 'top5': 1.0}}
     """
     if temperature <= 0 or not ks or min(ks) < 1:
         raise ValueError(f"kNN needs k >= 1 and a positive temperature (got ks={ks}, T={temperature})")
@@ -95,7 +110,26 @@ def knn_classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
 
 def knn_evaluate(backbone: nn.Module, train_x, train_y, test_x, test_y, mean, std, size: int | None = None,
                  ks=DEFAULT_KS, temperature: float = 0.1) -> dict[int, dict[str, float]]:
-    """:func:`knn_scores` of a frozen backbone: bank = train images, queries = test images, un-augmented."""
+    """:func:`knn_scores` of a frozen backbone: bank = train images, queries = test images, un-augmented.
+
+    Args:
+        backbone: (N, C, H, W) images -> (N, F) features; run in eval mode, left unchanged.
+        train_x, train_y: the bank's (N, C, H, W) uint8 images and (N,) labels.
+        test_x, test_y: the queries' (Q, C, H, W) uint8 images and (Q,) labels.
+        mean, std, size: the backbone's input normalisation and side (default: the images').
+    Returns:
+        ``{k: {"top1": fraction, "top5": fraction or None}}`` as :func:`knn_scores`.
+
+    >>> _ = torch.manual_seed(0)
+    >>> data = sg.load_dataset("digits")
+    >>> net = sg.build_backbone("small-cnn", 1, width=4)  # untrained
+    >>> scores = sg.knn_evaluate(net, data.train_x, data.train_y, data.test_x, data.test_y, data.mean, data.std,
+    ...                          ks=(1, 20))
+    >>> sorted(scores), sorted(scores[20]), scores[1]["top5"]
+    ([1, 20], ['top1', 'top5'], None)
+    >>> 0 <= scores[20]["top1"] <= scores[20]["top5"] <= 1
+    True
+    """
     bank = embed(backbone, train_x, mean, std, size)
     queries = embed(backbone, test_x, mean, std, size)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
@@ -104,5 +138,17 @@ def knn_evaluate(backbone: nn.Module, train_x, train_y, test_x, test_y, mean, st
 
 def knn_top1(backbone: nn.Module, train_x, train_y, test_x, test_y, mean, std, size: int | None = None,
              k: int = 200, temperature: float = 0.1) -> float:
-    """Top-1 accuracy (a fraction) of weighted kNN with one k."""
+    """Top-1 accuracy (a fraction) of weighted kNN with one k.
+
+    Takes the images as :func:`knn_evaluate` does: (N, C, H, W) uint8 bank and (Q, C, H, W) query
+    images with (N,) and (Q,) labels.
+
+    >>> _ = torch.manual_seed(0)
+    >>> data = sg.load_dataset("digits")
+    >>> net = sg.build_backbone("small-cnn", 1, width=4)
+    >>> args = (net, data.train_x, data.train_y, data.test_x, data.test_y, data.mean, data.std)
+    >>> top1 = sg.knn_top1(*args, k=20)
+    >>> isinstance(top1, float), top1 == sg.knn_evaluate(*args, ks=(20,))[20]["top1"]
+    (True, True)
+    """
     return knn_evaluate(backbone, train_x, train_y, test_x, test_y, mean, std, size, (k,), temperature)[k]["top1"]

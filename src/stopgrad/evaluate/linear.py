@@ -130,7 +130,30 @@ def linear_paper(backbone: nn.Module, train_x, train_y, test_x, test_y, mean, st
 
 def linear_probe(backbone: nn.Module, train_x, train_y, test_x, test_y, mean, std, size: int | None = None,
                  protocol: str = "fast", **options) -> dict:
-    """Linear evaluation with ``protocol`` ``"fast"`` or ``"paper"`` (options: see each function)."""
+    """Linear evaluation with ``protocol`` ``"fast"`` or ``"paper"`` (options: see each function).
+
+    Args:
+        backbone: (N, C, H, W) images -> (N, F) features; frozen (checked bit for bit afterwards).
+        train_x, train_y: (N, C, H, W) uint8 training images and (N,) int64 labels.
+        test_x, test_y: (Q, C, H, W) uint8 test images and (Q,) int64 labels.
+        mean, std, size: the backbone's input normalisation and side (default: the images').
+        protocol: ``"fast"`` (:func:`linear_fast`) or ``"paper"`` (:func:`linear_paper`).
+    Returns:
+        a dict: ``protocol``, ``top1`` and ``top5`` test accuracy (fractions), the settings, ``seconds``.
+
+    >>> _ = torch.manual_seed(0)
+    >>> data = sg.load_dataset("digits")
+    >>> net = sg.build_backbone("small-cnn", 1, width=4)
+    >>> images = (net, data.train_x[:300], data.train_y[:300], data.test_x, data.test_y, data.mean, data.std)
+    >>> fast = sg.linear_probe(*images)
+    >>> sorted(fast)
+    ['lbfgs_iterations', 'protocol', 'seconds', 'top1', 'top5', 'wd']
+    >>> 0 <= fast["top1"] <= fast["top5"] <= 1
+    True
+    >>> paper = sg.linear_probe(*images, protocol="paper", epochs=1, batch_size=100)  # 3 SGD steps
+    >>> paper["protocol"], paper["epochs"], paper["lr"]
+    ('paper', 1, 30.0)
+    """
     if protocol == "fast":
         return linear_fast(backbone, train_x, train_y, test_x, test_y, mean, std, size, **options)
     if protocol == "paper":

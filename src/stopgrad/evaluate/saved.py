@@ -74,6 +74,11 @@ def load_run(run_dir: Path, device: str | None = None, whole_model: bool = False
     return LoadedRun(cfg, data, train_x, train_y, backbone, backbone, source)
 
 
+# the options of the evaluations whose options are all read here (linear and transfer pass theirs on
+# to their evaluator, whose signature rejects an unknown one)
+_OPTIONS = {"knn": {"ks", "temperature"}, "tsne": {"samples", "out"}, "geometry": {"pairs", "out"}}
+
+
 def evaluate_saved(name: str, run_dir: Path, device: str | None = None, save: bool = True, log=None,
                    **options) -> dict:
     """Run evaluation ``name`` (one of :data:`EVALUATIONS`) on a saved run; returns its result.
@@ -82,11 +87,41 @@ def evaluate_saved(name: str, run_dir: Path, device: str | None = None, save: bo
     ("fast" / "paper") and that protocol's settings; transfer ``target`` (required), ``data_dir``,
     ``metric``, ``val_fraction``; tsne ``samples``, ``out`` (PNG path, default DIR/tsne.png);
     geometry ``pairs``.
+
+    Args:
+        name: ``"knn"``, ``"linear"``, ``"transfer"``, ``"tsne"`` or ``"geometry"``.
+        run_dir: the run's ``--out`` folder; its config names the data set, whose (N, C, H, W)
+            images are fed to the weights there.
+        device: where to evaluate (default: the run's ``device``).
+        save: append the result to ``evaluations.jsonl`` and refresh ``report.md``.
+    Returns:
+        a dict: ``evaluation``, ``weights`` (the file read) and the evaluator's result.
+
+    A run directory as training leaves it (here: its config and an untrained width-4 backbone):
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from stopgrad.runs import save_backbone, write_config
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = sg.build_config(overrides={"dataset": "digits", "width": 4})
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     write_config(Path(tmp), cfg, device="cpu")
+    ...     save_backbone(Path(tmp), sg.build_backbone(cfg.backbone, 1, cfg.width))
+    ...     result = sg.evaluate_saved("knn", tmp, device="cpu", save=False, ks=(1, 20))
+    >>> result["evaluation"], result["weights"], result["bank"], result["queries"], sorted(result["scores"])
+    ('knn', 'backbone.safetensors', 1437, 360, ['1', '20'])
+    >>> sg.evaluate_saved("umap", "runs/my-run")
+    Traceback (most recent call last):
+    ...
+    stopgrad.config.ConfigError: unknown evaluation 'umap'; choose one of knn, linear, transfer, tsne, geometry
     """
     from ..report import record_evaluation
 
     if name not in EVALUATIONS:
         raise ConfigError(f"unknown evaluation {name!r}; choose one of {', '.join(EVALUATIONS)}")
+    unknown = sorted(set(options) - _OPTIONS.get(name, set(options)))
+    if unknown:
+        raise ConfigError(f"{name} takes no option {', '.join(unknown)}; its options: {', '.join(sorted(_OPTIONS[name]))}")
     run_dir = Path(run_dir)
     run = load_run(run_dir, device, whole_model=(name == "geometry"))
     d, size = run.data, run.size

@@ -68,6 +68,28 @@ def plot_tsne(points: np.ndarray, labels: np.ndarray, path: Path, title: str = "
 
 def tsne_plot(backbone: nn.Module, images, labels: torch.Tensor, mean, std, path: Path, size: int | None = None,
               n: int = 2000, seed: int = 0, title: str = "", class_names: list[str] | None = None) -> Path:
-    """Compute the t-SNE map of ``n`` test images and write it to ``path`` (PNG)."""
+    """Compute the t-SNE map of ``n`` test images and write it to ``path`` (PNG).
+
+    Args:
+        backbone: (N, C, H, W) images -> (N, F) features, run in eval mode.
+        images: (N, C, H, W) uint8 test images (or a streamed ``FolderImages``).
+        labels: (N,) int64, the colours.
+        mean, std, size: the backbone's input normalisation and side (default: the images').
+        path: the PNG to write.
+        n: the points, a class-stratified sample of the images chosen with ``seed``.
+        class_names: the legend's names of labels 0, 1, ... (default: the numbers).
+    Returns:
+        ``path``, as a ``Path``.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> _ = torch.manual_seed(0)
+    >>> data = sg.load_dataset("digits")
+    >>> net = sg.build_backbone("small-cnn", 1, width=4)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = sg.tsne_plot(net, data.test_x, data.test_y, data.mean, data.std, Path(tmp) / "tsne.png", n=40)
+    ...     print(png.name, png.read_bytes()[1:4] == b"PNG")
+    tsne.png True
+    """
     points, point_labels = tsne_map(backbone, images, labels, mean, std, size, n, seed)
     return plot_tsne(points, point_labels, path, title, class_names)

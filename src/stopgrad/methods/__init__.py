@@ -90,7 +90,32 @@ METHOD_INFO = {
 
 
 def build_method(cfg: "Config", in_channels: int) -> nn.Module:
-    """The method ``cfg.method`` with the backbone, heads and options of ``cfg``."""
+    """The method ``cfg.method`` with the backbone, heads and options of ``cfg``.
+
+    Args:
+        cfg: the run's configuration (:func:`~stopgrad.config.build_config`); ``method`` is one of
+            :data:`METHODS`.
+        in_channels: C of the images.
+    Returns:
+        an ``nn.Module`` with ``backbone`` and ``forward(views, partners) -> (loss, stats)``: views
+        (V, B, C, H, W), partners (B,) int64 (a :func:`~stopgrad.gsg.derangement`), loss a scalar,
+        stats a dict of scalars (see the module docstring).
+
+    >>> _ = torch.manual_seed(0)
+    >>> model = sg.build_method(sg.build_config(overrides={"method": "byol", "width": 4}), in_channels=1)
+    >>> model.backbone.feature_dim
+    128
+    >>> views = torch.randn(2, 8, 1, 28, 28)  # (V, B, C, H, W): two views of 8 images
+    >>> loss, stats = model(views, sg.derangement(8))
+    >>> loss.shape, sorted(stats)
+    (torch.Size([]), ['collapse_std'])
+    >>> loss.backward()  # then an optimiser step, then the momentum copy follows:
+    >>> model.update_momentum(0.99)
+    >>> sg.build_method(sg.Config(method="swav"), in_channels=1)  # Config() itself does not validate
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown method 'swav'; choose one of simsiam, byol, ...
+    """
     if cfg.method not in _BUILDERS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     module, func = _BUILDERS[cfg.method].split(":")
