@@ -118,12 +118,3 @@ def test_resume_refuses_other_flags_and_non_runs(tmp_path, run_cli):
     assert code == 2 and "not a run directory" in err
     code, _, err = run_cli("eval", "knn", "--run", str(tmp_path))
     assert code == 2 and "not a run directory" in err
-
-
-def test_readme_library_example_runs():
-    from pathlib import Path
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    code = text.split("```python\n", 1)[1].split("```", 1)[0]
-    scope: dict = {}
-    exec(code, scope)
-    assert scope["loss"].shape == () and scope["p"].grad is not None
