@@ -60,23 +60,19 @@ class LossGuard:
 
     def __init__(self, device: torch.device, max_skips: int):
         self.max_skips, self.skipped = max_skips, 0
-        self.device = device
         self.synchronous = device.type != "cuda" or max_skips > 0
         self._flag = torch.zeros((), dtype=torch.bool, device=device)  # a bad step since the last read
-        self._first_bad: int | None = None
 
-    def step_is_bad(self, loss: torch.Tensor, step: int) -> bool:
-        """Before the optimiser step: True when this step must be skipped (synchronous mode only);
-        raises :class:`NonFiniteLoss` when the skips are used up."""
+    def step_is_bad(self, loss: torch.Tensor) -> bool:
+        """Before the optimiser step: True when this step's loss is not finite and it must be skipped
+        (synchronous mode only; :meth:`over_budget` then says whether the run must stop instead)."""
         if not self.synchronous:
             self._flag |= ~torch.isfinite(loss.detach())
             return False
         bad = not bool(torch.isfinite(loss.detach()))
         if distributed.active():
             bad = distributed.any_process(bad)
-        if bad:
-            self.skipped += 1
-            self._first_bad = step if self._first_bad is None else self._first_bad
+        self.skipped += bad
         return bad
 
     def over_budget(self) -> bool:

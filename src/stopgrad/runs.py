@@ -34,12 +34,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write, durable: bool = False) -> None:
+def atomic_write(path: Path, write, durable: bool = False, previous: Path | None = None) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``.
 
     ``durable`` also flushes the file and the folder to disk (fsync) before and after the rename,
-    so that a crash or power loss leaves either the old file or the complete new one. A failed
-    write (disk full, ...) removes the temporary file and leaves ``path`` as it was.
+    so that a crash or power loss leaves either the old file or the complete new one. With
+    ``previous``, the old ``path`` is renamed there once the new file is complete. A failed write
+    (disk full, ...) removes the temporary file and leaves ``path`` as it was.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -49,6 +50,8 @@ def atomic_write(path: Path, write, durable: bool = False) -> None:
         if durable:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
         if durable:
             _fsync_dir(path.parent)
@@ -123,27 +126,14 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     checkpoint where it was.
     """
     path, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".last.pt.")
-    os.close(fd)
     try:
-        _write_checkpoint_file(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if path.exists():
-            os.replace(path, previous)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        atomic_write(path, lambda tmp: _write_checkpoint_file(state, tmp), durable=True, previous=previous)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         kept = f"the previous checkpoint ({path if path.exists() else previous}) is intact" if (
             path.exists() or previous.exists()) else "no earlier checkpoint exists"
         raise RunError(f"cannot write the checkpoint in {path.parent} ({exc.strerror or exc}); {kept}; "
                        "free some disk space (or fix the folder) and resume with `stopgrad train --resume "
                        f"{run_dir}`") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_checkpoint_file(state: dict, path: str) -> None:

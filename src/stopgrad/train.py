@@ -190,7 +190,7 @@ def train_step(s: Setup, views: torch.Tensor, partners: torch.Tensor, g: torch.G
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.amp):
         loss, stats = s.forward(views, partners, g, indices, labels)
     s.optimizer.zero_grad(set_to_none=True)
-    if guard is not None and guard.step_is_bad(loss, step):
+    if guard is not None and guard.step_is_bad(loss):
         if guard.over_budget():
             raise NonFiniteLoss(f"the loss is not a number at step {step} ({describe_terms(loss, stats)}), "
                                 f"{guard.skipped} non-finite steps with --max-nan-skips {guard.max_skips}")
