@@ -197,3 +197,84 @@ def test_torchrun_trains_stops_on_sigterm_and_resumes_exactly(tmp_path):
     ref = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     keys = ("epoch", "step", "loss", "knn_top1", "collapse_std")
     assert [[r.get(k) for k in keys] for r in rows] == [[r.get(k) for k in keys] for r in ref]
+
+
+def _worker_pids(agent_pid: int) -> dict[int, int]:
+    """rank -> pid of the worker processes torchrun's agent ``agent_pid`` started (Linux /proc)."""
+    workers = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != agent_pid:
+                continue
+            env = dict(v.split("=", 1) for v in (entry / "environ").read_bytes().decode().split("\0") if "=" in v)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if "RANK" in env:
+            workers[int(env["RANK"])] = int(entry.name)
+    return workers
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers through /proc")
+def test_torchrun_restart_after_a_killed_worker_continues_the_run_exactly(tmp_path):
+    """torchrun --max-restarts 1 restarts every worker with the same command line after one is killed
+    (SIGKILL) mid-epoch; with --auto-resume that command continues from the last checkpoint, and the
+    finished run equals an uninterrupted two-process run: its metrics and its backbone's weights."""
+    import json
+    import signal
+
+    from safetensors.torch import load_file
+    args = ["train", *TINY, "--epochs", "12", "--eval-every", "4", "--checkpoint-every", "3", "--auto-resume"]
+    whole = torchrun(*args, "--out", str(tmp_path / "whole"))
+    _, err = whole.communicate(timeout=300)
+    assert whole.returncode == 0, err
+
+    run = tmp_path / "restarted"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+           "--max-restarts", "1", "-m", "stopgrad", *args, "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    workers = _worker_pids(proc.pid)
+    assert set(workers) == {0, 1} and proc.poll() is None, "the run ended before a worker could be killed"
+    os.kill(workers[1], signal.SIGKILL)  # one worker dies after the first checkpoint
+    killed_at = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert max(killed_at) < 12, "the kill came after the run had finished"
+    assert out.count("kNN top-1:") == 1  # one finished run, reported once
+    assert _worker_pids(proc.pid) == {}  # (the agent is gone; nothing is left behind)
+
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    keys = ("epoch", "step", "loss", "knn_top1", "knn1_top1", "collapse_std")
+    assert [[r.get(k) for k in keys] for r in rows] == [[r.get(k) for k in keys] for r in ref]
+    mine, theirs = load_file(run / "backbone.safetensors"), load_file(tmp_path / "whole" / "backbone.safetensors")
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_auto_resume_starts_continues_or_refuses(tmp_path, run_cli):
+    """--auto-resume: a new folder starts the run; the same command again continues it (here: it is finished,
+    so nothing is retrained); a different config is refused in one line and the folder is left as it was."""
+    run = tmp_path / "run"
+    base = ["train", *TINY, "--epochs", "1", "--auto-resume", "--out", str(run)]
+    code, out, err = run_cli(*base)
+    assert code == 0 and "kNN top-1:" in out, err
+    first = (run / "metrics.jsonl").read_text()
+    code, out, err = run_cli(*base)
+    assert code == 0 and "kNN top-1:" in out and "epoch 1/1" not in out, err  # continued: nothing left to train
+    assert (run / "metrics.jsonl").read_text() == first
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, out, err = run_cli(*base[:-2], "--width", "8", "--out", str(run))
+    assert code == 2 and err.count("\n") == 1 and "holds a different run (width 4 there, 8 here)" in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    code, _, err = run_cli(*base[:-2])
+    assert code == 2 and "--auto-resume needs --out DIR" in err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    code, _, err = run_cli(*base[:-1], str(tmp_path / "other"))
+    assert code == 2 and "holds no run" in err and (tmp_path / "other" / "notes.txt").read_text() == "mine"

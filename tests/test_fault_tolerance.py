@@ -55,11 +55,14 @@ class StopAfter:
         return self.signal_name is not None
 
 
-@pytest.mark.parametrize("method,stop_at", [("byol", 5), ("moco-v2", 11), ("instdisc", 8)])
-def test_a_run_stopped_mid_epoch_resumes_exactly(tmp_path, digits, monkeypatch, method, stop_at):
+@pytest.mark.parametrize("method,stop_at,optimizer", [("byol", 5, "sgd"), ("moco-v2", 11, "sgd"),
+                                                    ("instdisc", 8, "sgd"), ("byol", 11, "lars"),
+                                                    ("simsiam", 5, "adamw")])
+def test_a_run_stopped_mid_epoch_resumes_exactly(tmp_path, digits, monkeypatch, method, stop_at, optimizer):
     """8 steps per epoch; stopping at step 5 or 11 (epochs 1 and 2) and resuming gives the uninterrupted run,
-    queues and memory banks included."""
-    cfg = build_config(overrides={**TINY, "method": method, "num_negatives": 128})
+    queues, memory banks and the optimisers' state (LARS's momentum, AdamW's moments) included."""
+    cfg = build_config(overrides={**TINY, "method": method, "num_negatives": 128, "optimizer": optimizer,
+                                  "warmup_epochs": 0.0 if optimizer == "sgd" else 0.5})
     whole = train(cfg, tmp_path / "whole", quiet=True, progress=False, data=digits)
     monkeypatch.setattr("stopgrad.train.StopRequest", lambda: StopAfter(stop_at))
     with pytest.raises(Stopped, match="stopped by SIGTERM at epoch .* continue with `stopgrad train --resume"):

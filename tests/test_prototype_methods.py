@@ -163,10 +163,14 @@ def test_lists_from_yaml_become_tuples_and_are_written_back_as_lists(tmp_path):
     assert cfg.to_dict()["spcl_weights"] == [1, 0.1, 1]
 
 
-def test_vicreg_has_its_own_default_learning_rate():
-    assert build_config(overrides={"method": "vicreg"}).lr == 0.05  # plain SGD diverges at 0.2
+def test_vicreg_defaults_to_its_papers_optimiser():
+    cfg = build_config(overrides={"method": "vicreg"})  # LARS, base lr 0.2 x batch / 256, weight decay 1e-6
+    assert (cfg.optimizer, cfg.lr, cfg.lr_scaling, cfg.weight_decay) == ("lars", 0.2, "linear", 1e-6)
     assert build_config(overrides={"method": "vicreg", "lr": 0.3}).lr == 0.3
-    assert build_config(overrides={"method": "barlow-twins"}).lr == 0.2
+    sgd = build_config(overrides={"method": "vicreg", "optimizer": "sgd"})  # plain SGD diverges at 0.2
+    assert (sgd.lr, sgd.lr_scaling, sgd.weight_decay) == (0.05, "none", 5e-4)
+    other = build_config(overrides={"method": "barlow-twins"})
+    assert (other.optimizer, other.lr, other.lr_scaling) == ("sgd", 0.2, "none")
 
 
 def test_cli_flags(run_cli):

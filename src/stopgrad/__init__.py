@@ -2,7 +2,7 @@
 
 The building blocks, for your own training loop (``import stopgrad as sg``)::
 
-    backbones      build_backbone, SmallCNN, BACKBONES
+    backbones      build_backbone, SmallCNN, LibraryBackbone, BACKBONES
     heads          mlp, projector, predictor, expander, HEAD_PRESETS
     data           load_dataset, ImageData, DataError, DATASETS
     augmentation   augment, prepare, sample_params, apply_params, AugmentRecipe, ViewParams, RECIPES
@@ -12,10 +12,12 @@ The building blocks, for your own training loop (``import stopgrad as sg``)::
                    deputy_distance, barlow_twins, vicreg, vicreg_terms, twist, twist_terms,
                    siamese_metric, symmetric_ce (and the module ``sg.losses``)
     momentum       momentum_copy, ema_update, momentum_at, lr_at
-    evaluation     embed, eval_mode, knn_evaluate, knn_scores, knn_top1, linear_probe,
+    optimisers     LARS, make_optimizer, param_groups, scaled_lr
+    evaluation     embed, eval_mode, knn_evaluate, knn_scores, knn_top1, linear_probe, pixel_baselines,
                    transfer, load_target, TransferData, tsne_plot, geometry, collapse_std,
                    spectrum, effective_rank, alignment, uniformity, describe,
                    evaluate_saved, EVALUATIONS
+    export         export_backbone (weights for torchvision, timm, detectron2)
     methods        build_method, METHODS
     training       Config, ConfigError, build_config, train (the module of the training loop:
                    ``sg.train.train(cfg)`` runs it)
@@ -49,7 +51,7 @@ __version__ = "0.1.0"
 
 # the module (relative to this package) that defines each public name
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "backbones": ("build_backbone", "SmallCNN", "BACKBONES"),
+    "backbones": ("build_backbone", "SmallCNN", "LibraryBackbone", "BACKBONES"),
     "heads": ("mlp", "projector", "predictor", "expander", "HEAD_PRESETS"),
     "data.datasets": ("load_dataset", "ImageData", "DataError", "DATASETS"),
     "data.augment": ("augment", "prepare", "sample_params", "apply_params", "AugmentRecipe", "ViewParams",
@@ -60,14 +62,17 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                "vicreg", "vicreg_terms", "twist", "twist_terms", "siamese_metric", "symmetric_ce"),
     "ema": ("momentum_copy", "ema_update", "momentum_at"),
     "schedules": ("lr_at",),
+    "optim": ("LARS", "make_optimizer", "param_groups", "scaled_lr"),
     "evaluate.features": ("embed", "eval_mode"),
     "evaluate.knn": ("knn_evaluate", "knn_scores", "knn_top1"),
     "evaluate.linear": ("linear_probe",),
+    "evaluate.baselines": ("pixel_baselines",),
     "evaluate.transfer": ("transfer", "load_target", "TransferData"),
     "evaluate.tsne": ("tsne_plot",),
     "evaluate.geometry": ("geometry", "collapse_std", "spectrum", "effective_rank", "alignment", "uniformity",
                           "describe"),
     "evaluate.saved": ("evaluate_saved", "EVALUATIONS"),
+    "export": ("export_backbone",),
     "methods": ("build_method", "METHODS"),
     "config": ("Config", "ConfigError", "build_config"),
 }
@@ -94,7 +99,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # the same names for type checkers and IDEs, which do not run __getattr__
     from . import gsg, losses, train
-    from .backbones import BACKBONES, SmallCNN, build_backbone
+    from .backbones import BACKBONES, LibraryBackbone, SmallCNN, build_backbone
     from .config import Config, ConfigError, build_config
     from .data.augment import RECIPES, AugmentRecipe, ViewParams, apply_params, augment, prepare, sample_params
     from .data.datasets import DATASETS, DataError, ImageData, load_dataset
@@ -103,8 +108,10 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs, which do not run
     from .evaluate.geometry import (alignment, collapse_std, describe, effective_rank, geometry, spectrum,
                                     uniformity)
     from .evaluate.knn import knn_evaluate, knn_scores, knn_top1
+    from .evaluate.baselines import pixel_baselines
     from .evaluate.linear import linear_probe
     from .evaluate.saved import EVALUATIONS, evaluate_saved
+    from .export import export_backbone
     from .evaluate.transfer import TransferData, load_target, transfer
     from .evaluate.tsne import tsne_plot
     from .gsg import POLICIES, derangement, pair_loss, select_sources
@@ -113,4 +120,5 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs, which do not run
                          info_nce_in_batch, negative_cosine, nt_xent, nt_xent_margin, siamese_metric,
                          symmetric_ce, truncated_triplet, twist, twist_terms, vicreg, vicreg_terms)
     from .methods import METHODS, build_method
+    from .optim import LARS, make_optimizer, param_groups, scaled_lr
     from .schedules import lr_at

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, ConfigError
+from .optim import make_optimizer, scaled_lr
 from .data import RECIPES
 from .data.augment import reference_transform
 from .data.datasets import ImageData
@@ -68,10 +69,15 @@ class PerImageViews(torch.utils.data.Dataset):
 
 
 def conventional_model(cfg: Config, channels: int, device: torch.device, num_images: int):
-    """The model and a default-settings SGD, as the conventional pipeline builds them (fp32, NCHW)."""
+    """The model and a default-settings SGD, as the conventional pipeline builds them (fp32, NCHW).
+
+    A LARS or AdamW config gets the run's own optimiser (:func:`stopgrad.optim.make_optimizer`).
+    """
     model = new_model(cfg, channels, num_images, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    return model, torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer != "sgd":
+        return model, make_optimizer(params, cfg, device)
+    return model, torch.optim.SGD(params, lr=scaled_lr(cfg), momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
 
 
 def conventional_step(model, optimizer, views: torch.Tensor, partners: torch.Tensor, lr: float,
@@ -146,7 +152,7 @@ def _flops(s, views, partners, g) -> tuple[float, float]:
     """(FLOPs of one training step, backbone multiply-accumulates per image forward)."""
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
-        train_step(s, views, partners, g, s.cfg.lr, s.cfg.ema_momentum,
+        train_step(s, views, partners, g, scaled_lr(s.cfg), s.cfg.ema_momentum,
                    torch.arange(len(partners), device=partners.device))
     step = counter.get_total_flops()
     s.model.backbone.eval()
@@ -220,8 +226,8 @@ def bench(cfg: Config, data: ImageData | None = None, *, steps: int = 20, warmup
         log(f"conventional pipeline ({out['conventional_workers']} workers, fp32): "
             f"{out['conventional_train_img_per_s']:,.0f} img/s -> stopgrad is {out['speedup']}x faster")
     if knn:
-        from .backbones import build_backbone
-        feature_dim = build_backbone(cfg.backbone, d.channels, cfg.width).feature_dim
+        from .backbones import backbone_for
+        feature_dim = backbone_for(cfg, d.channels).feature_dim
         out["knn_seconds"] = round(knn_seconds(feature_dim, dev, *knn_shape), 3)
         out["knn_shape"] = [*knn_shape, feature_dim]
         log(f"kNN (k=200), {knn_shape[1]:,} queries x {knn_shape[0]:,} bank, {feature_dim}-d features: "
@@ -266,7 +272,7 @@ def _conventional_rate(cfg: Config, d: ImageData, dev: torch.device, steps: int,
         views, indices = next(batches)
         views = views.to(dev, non_blocking=True).transpose(0, 1)  # (V, B, C, H, W)
         partners = derangement(cfg.batch_size, g_cpu).to(dev)
-        conventional_step(model, opt, views, partners, cfg.lr, cfg.ema_momentum, indices=indices.to(dev))
+        conventional_step(model, opt, views, partners, scaled_lr(cfg), cfg.ema_momentum, indices=indices.to(dev))
 
     for _ in range(warmup):
         step()

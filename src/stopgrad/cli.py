@@ -1,4 +1,4 @@
-"""Command line: ``stopgrad train | eval | compare | reproduce | bench | list``.
+"""Command line: ``stopgrad train | eval | compare | export | reproduce | bench | list``.
 
 Bad input ends with one line on stderr naming the problem and the fix, and exit code 2.
 """
@@ -37,6 +37,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _backbone_name(text: str) -> str:
+    """argparse type: a built-in backbone or LIBRARY:NAME (the model's existence is checked by the config)."""
+    from .backbones import BACKBONES, LIBRARIES
+    library, sep, arch = text.partition(":")
+    if text in BACKBONES or (sep and library in LIBRARIES and arch):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(BACKBONES)}, "
+                                     "torchvision:NAME or timm:NAME; `stopgrad list` says how to list the names)")
+
+
 def _floats(count: int):
     """argparse type: ``count`` comma-separated numbers, e.g. ``1,1,0.1``."""
     def parse(text: str) -> tuple[float, ...]:
@@ -56,18 +66,46 @@ def _train_parser(sub) -> None:
     p.add_argument("--config", metavar="PRESET", help="YAML file or preset name from `stopgrad list`")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<dataset>-<method>-<policy>-<time>)")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="with --out DIR: start the run when DIR is new or empty, continue it when DIR holds this "
+                        "same run; the same command can be repeated after a failure (torchrun --max-restarts)")
     _config_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+class _GroupedFlags:
+    """Adds each config flag to the --help section of its key's group (:data:`stopgrad.config.OPTION_GROUPS`).
+
+    Stands in for the parser in :func:`_config_flags`: ``add_argument`` picks the section from the
+    flag's key, and ``add_argument_group`` returns this same object, so a flag lands in its
+    group's section wherever it is written.
+    """
+
+    def __init__(self, parser):
+        from .config import OPTION_GROUPS, option_groups
+        self.parser = parser
+        self.sections = {name: parser.add_argument_group(OPTION_GROUPS[name][1]) for name in OPTION_GROUPS}
+        self.group_of = {key: name for name, keys in option_groups().items() for key in keys}
+
+    def add_argument(self, *names, **kwargs):
+        key = kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")
+        section = self.sections.get(self.group_of.get(key))
+        return (section or self.parser).add_argument(*names, **kwargs)
+
+    def add_argument_group(self, *args, **kwargs):
+        return self
+
+
 def _config_flags(p) -> None:
-    """Flags that override config keys (shared by train and bench)."""
+    """Flags that override config keys (shared by train and bench), listed by group in --help."""
     from .backbones import BACKBONES
     from .data.augment import RECIPES
     from .gsg import POLICIES
     from .heads import HEAD_PRESETS
     from .methods import METHODS
+    from .optim import LR_SCALINGS, OPTIMIZERS
 
+    p = _GroupedFlags(p)
     p.add_argument("--method", choices=METHODS)
     p.add_argument("--stopgrad", choices=POLICIES, help="stop-gradient policy")
     p.add_argument("--no-predictor", dest="predictor", action="store_const", const=False,
@@ -109,15 +147,30 @@ def _config_flags(p) -> None:
     p.add_argument("--train-subset", type=_whole_number, metavar="N", help="train on N images (quick runs)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction,
                    help="image folders: decode batch by batch from disk (default: when over 2 GiB decoded)")
-    p.add_argument("--backbone", choices=BACKBONES)
+    p.add_argument("--backbone", type=_backbone_name, metavar="NAME",
+                   help=f"{', '.join(BACKBONES)}, torchvision:NAME or timm:NAME (`stopgrad list`)")
     p.add_argument("--width", type=_whole_number, help="small-cnn base width")
+    p.add_argument("--small-input", action=argparse.BooleanOptionalAction,
+                   help="adapt a torchvision/timm model to small images: CIFAR stem for ResNets, 4-pixel patches "
+                        "for timm ViTs (default: when the images are 64 px or smaller)")
+    p.add_argument("--freeze-patch-embed", action="store_const", const=True,
+                   help="keep a ViT's random patch projection fixed (MoCo v3's stability trick)")
     p.add_argument("--heads", choices=tuple(HEAD_PRESETS), help="projector/predictor sizes")
     p.add_argument("--epochs", type=_whole_number)
     p.add_argument("--batch-size", type=_whole_number)
-    p.add_argument("--lr", type=float, help="learning rate (default 0.2; vicreg 0.05)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="sgd (default), lars (BYOL/Barlow Twins/VICReg), adamw (MoCo v3 ViT); vicreg defaults to lars")
+    p.add_argument("--lr", type=float,
+                   help="base learning rate (default: sgd 0.2, lars 0.2, adamw 1.5e-4; vicreg with sgd 0.05)")
+    p.add_argument("--lr-scaling", choices=LR_SCALINGS,
+                   help="linear: lr x batch-size / 256 (default for lars and adamw); none: lr as given (sgd)")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"))
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up from 0 (fractions of an epoch allowed)")
+    p.add_argument("--weight-decay", type=float,
+                   help="default: sgd 5e-4, lars 1.5e-6 (vicreg 1e-6), adamw 0.1; lars and adamw skip biases and norms")
+    p.add_argument("--sgd-momentum", type=float, help="momentum of sgd and lars (default 0.9)")
+    p.add_argument("--lars-eta", type=float, help="LARS trust coefficient (default 0.001)")
+    p.add_argument("--adamw-betas", type=_floats(2), metavar="BETA1,BETA2", help="AdamW betas (default 0.9,0.999)")
     p.add_argument("--ema-momentum", type=float, help="BYOL target momentum")
     p.add_argument("--ema-schedule", choices=("constant", "cosine"))
     p.add_argument("--amp", action=argparse.BooleanOptionalAction,
@@ -141,6 +194,9 @@ def _config_flags(p) -> None:
                    help="... for N consecutive evaluations (default 3)")
     e.add_argument("--stop-on-collapse", action="store_const", const=True,
                    help="the collapse alarm stops the run, keeping its last checkpoint")
+    e.add_argument("--pixel-baselines", action=argparse.BooleanOptionalAction,
+                   help="kNN top-1 on the raw and mean-centred pixels before training, beside the random-init "
+                        "line (default: on; cached per data set)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=_whole_number, help="CPU threads")
@@ -161,7 +217,7 @@ def _config_flags(p) -> None:
 
 
 def _cmd_train(args) -> int:
-    from .runs import read_config
+    from .runs import auto_resume, read_config
     from .train import train
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
@@ -169,17 +225,26 @@ def _cmd_train(args) -> int:
         if overrides or args.config or args.out:
             flags = ", ".join("--" + k.replace("_", "-") for k in overrides) or "--config/--out"
             raise ConfigError(f"--resume continues a run with its saved config; drop {flags}")
+        if args.auto_resume:
+            raise ConfigError("--resume and --auto-resume exclude each other; --auto-resume takes the run's "
+                              "flags and its --out")
         run_dir = Path(args.resume)
         cfg = read_config(run_dir)
+        resume = True
     else:
         cfg = build_config(args.config, overrides)
         run_dir = Path(args.out) if args.out else None
-    result = train(cfg, run_dir, resume=bool(args.resume), progress=False if args.no_progress else None)
+        if args.auto_resume and run_dir is None:
+            raise ConfigError("--auto-resume needs --out DIR: the folder the run starts in, or continues in")
+        resume = args.auto_resume and auto_resume(run_dir, cfg)
+    result = train(cfg, run_dir, resume=resume, progress=False if args.no_progress else None)
     if not result["main"]:  # one of several processes: the main one reports
         return 0
-    init = result["knn_top1_init"]
-    print(f"kNN top-1: {result['knn_top1']:.4f} (random init: {init:.4f})" if init is not None
-          else f"kNN top-1: {result['knn_top1']:.4f}")
+    init, pixels = result["knn_top1_init"], result.get("pixels")
+    beside = [f"random init: {init:.4f}"] if init is not None else []
+    if pixels:
+        beside.append(f"pixels: {pixels['knn_top1']:.4f}, centred {pixels['centred_knn_top1']:.4f}")
+    print(f"kNN top-1: {result['knn_top1']:.4f}" + (f" ({'; '.join(beside)})" if beside else ""))
     if result["stopped"] == "collapse":
         print(f"stopped after epoch {result['epoch']}: the representation collapsed (collapse alarm); the last "
               f"checkpoint is kept, `stopgrad train --resume {result['run_dir']}` would continue it")
@@ -206,6 +271,8 @@ def _eval_parser(sub) -> None:
               "top-5, for every --k in one neighbour search.")
     knn.add_argument("--k", type=_positive_int, nargs="+", default=[1, 200], metavar="K", help="(default: 1 200)")
     knn.add_argument("--temperature", type=float, default=0.1, help="vote temperature T (default 0.1)")
+    knn.add_argument("--no-pixels", dest="pixels", action="store_false",
+                     help="leave out the pixel baselines (kNN on raw and mean-centred pixels, same k and T)")
     lin = add("linear", "linear probe on the frozen backbone (fast L-BFGS, or the paper's SGD protocol)",
               "Linear classifier on frozen features; only the classifier trains, and the backbone is checked "
               "bit-identical afterwards. fast: features once, L-BFGS logistic regression (seconds). paper: SGD "
@@ -215,6 +282,9 @@ def _eval_parser(sub) -> None:
     lin.add_argument("--epochs", type=_positive_int, help="paper: epochs (default 90)")
     lin.add_argument("--lr", type=float, help="paper: learning rate (default 30)")
     lin.add_argument("--batch-size", type=_positive_int, help="paper: batch size (default 256)")
+    lin.add_argument("--no-pixels", dest="pixels", action="store_false",
+                     help="fast: leave out the same probe on the pixels (the first time on a data set it "
+                          "takes about as long as a probe of 784-d features; then cached)")
     tr = add("transfer", "transfer protocol of the GSG paper (Ericsson et al.) on another labelled data set",
              "Frozen features of a target data set, resized and centre-cropped to the run's input; L-BFGS "
              "logistic regression with the weight decay chosen on a validation split among 45 values in "
@@ -244,9 +314,9 @@ def _cmd_eval(args) -> int:
     options: dict = {}
     name = args.evaluation
     if name == "knn":
-        options = {"ks": args.k, "temperature": args.temperature}
+        options = {"ks": args.k, "temperature": args.temperature, "pixels": args.pixels}
     elif name == "linear":
-        options = {"protocol": args.protocol}
+        options = {"protocol": args.protocol, "pixels": args.pixels}
         if args.protocol == "fast":
             if args.epochs or args.lr or args.batch_size:
                 raise ConfigError("--epochs, --lr and --batch-size belong to --protocol paper")
@@ -284,6 +354,8 @@ def _compare_parser(sub) -> None:
     p.add_argument("--out", metavar="PNG", default="compare.png", help="figure file (default compare.png)")
     p.add_argument("--metrics", nargs="+", metavar="KEY", default=["loss", "knn_top1", "collapse_std"],
                    help="metrics.jsonl keys to plot, one panel each")
+    p.add_argument("--x", choices=("epoch", "time"), default="epoch",
+                   help="x axis: epoch (default), or time: training minutes (evaluation excluded)")
 
 
 def _cmd_compare(args) -> int:
@@ -295,8 +367,42 @@ def _cmd_compare(args) -> int:
             raise ConfigError(f"{run} is not a run directory (no {CONFIG_FILE}); give --out folders of `stopgrad train`")
     if Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a directory; give a PNG file name")
-    print(compare([Path(r) for r in args.runs], Path(args.out), tuple(args.metrics)))
+    print(compare([Path(r) for r in args.runs], Path(args.out), tuple(args.metrics), x=args.x))
     print(f"figure: {args.out}")
+    return 0
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a run's backbone for torchvision, timm or detectron2",
+                       description="Write a run's trained backbone in another library's layout: a state dict that "
+                                   "loads with strict=True into the torchvision or timm model (.safetensors, or "
+                                   ".pt/.pth for torch.load(..., weights_only=True)), or a ResNet under detectron2's "
+                                   "key names (.pkl, for MODEL.WEIGHTS). Prints how to load it.")
+    p.add_argument("run", metavar="RUN", help="run directory (the --out of `stopgrad train`)")
+    p.add_argument("--format", required=True, choices=("torchvision", "timm", "detectron2"))
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write (.safetensors, .pt, .pth; detectron2: .pkl)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists (default: refuse)")
+
+
+def _cmd_export(args) -> int:
+    from .export import export_backbone
+
+    result = export_backbone(Path(args.run), args.format, Path(args.out), force=args.force)
+    print(f"wrote {result['out']}: {result['tensors']} tensors from {result['weights']}")
+    if args.format == "detectron2":
+        print("detectron2 options: MODEL.WEIGHTS " + result["out"] + " " + " ".join(result["load"]))
+    else:
+        print("load it with:")
+        prelude = "import torch, torchvision\nfrom torch import nn" if args.format == "torchvision" else \
+            "import torch, timm"
+        reader = ("from safetensors.torch import load_file\nstate = load_file" if result["out"].endswith(".safetensors")
+                  else "state = torch.load")
+        args_text = f"({result['out']!r})" if "load_file" in reader else f"({result['out']!r}, weights_only=True)"
+        for line in [*prelude.splitlines(), *result["load"], *reader.splitlines()[:-1],
+                     reader.splitlines()[-1] + args_text, "model.load_state_dict(state, strict=True)"]:
+            print(f"  {line}")
+    for note in result["notes"]:
+        print(f"note: {note}")
     return 0
 
 
@@ -317,6 +423,42 @@ def _bench_parser(sub) -> None:
     p.add_argument("--no-conventional", action="store_true", help="skip the conventional pipeline")
     p.add_argument("--no-knn", action="store_true", help="skip the kNN timing")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+    t = p.add_argument_group("time to accuracy")
+    t.add_argument("--time-to-accuracy", action="store_true",
+                   help="train the config (kNN after every epoch) and print the training minutes to reach "
+                        "each --targets accuracy, with the pixel baselines beside")
+    t.add_argument("--targets", type=float, nargs="+", metavar="ACC",
+                   help="kNN top-1 targets, fractions (default 0.84 0.86 0.88)")
+    t.add_argument("--out", metavar="DIR", help="the run directory of the training (default: runs/...)")
+    t.add_argument("--run", metavar="DIR", help="read a trained run instead of training one")
+
+
+def _cmd_time_to_accuracy(args, overrides: dict) -> int:
+    from .runs import atomic_write, read_config
+    from .time_to_accuracy import DEFAULT_TARGETS, format_report, time_to_accuracy
+
+    targets = args.targets or DEFAULT_TARGETS
+    if any(not 0 < t <= 1 for t in targets):
+        raise ConfigError(f"--targets are accuracies between 0 and 1, got {' '.join(map(str, targets))}")
+    if args.synthetic:
+        raise ConfigError("--time-to-accuracy needs labelled images; drop --synthetic")
+    if args.json and Path(args.json).is_dir():
+        raise ConfigError(f"--json {args.json} is a directory; give a file name")
+    if args.run:
+        if overrides or args.config or args.out:
+            raise ConfigError("--run reads a trained run with its saved config; drop the config flags and --out")
+        cfg = read_config(Path(args.run))
+    else:
+        # every epoch is evaluated (the curve's resolution); geometry is left out unless asked for
+        cfg = build_config(args.config, {"eval_every": 1, "eval_geometry": False, **overrides})
+    result = time_to_accuracy(cfg, targets, Path(args.run or args.out) if (args.run or args.out) else None,
+                              log=lambda m: print(m, file=sys.stderr), existing=bool(args.run))
+    print(format_report(result))
+    print(f"run directory: {result['run_dir']}")
+    if args.json:
+        text = json.dumps(result, indent=1) + "\n"
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text))
+    return 0
 
 
 def _cmd_bench(args) -> int:
@@ -324,6 +466,10 @@ def _cmd_bench(args) -> int:
     from .runs import atomic_write
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
+    if args.time_to_accuracy:
+        return _cmd_time_to_accuracy(args, overrides)
+    if args.targets or args.out or args.run:
+        raise ConfigError("--targets, --out and --run belong to --time-to-accuracy")
     cfg = build_config(args.config, overrides)
     data = None
     if args.synthetic:
@@ -354,10 +500,20 @@ DATASET_INFO = {
     "digits": "scikit-learn's 1,797 8x8 digits: seconds-long checks",
     "folder:PATH": "your images: PATH/train/<class>/* and PATH/val/<class>/* (or PATH/<class>/*, split 90/10)",
 }
+OPTIMIZER_INFO = {
+    "sgd": "SGD with momentum, weight decay on every parameter; lr 0.2 (the default, every method but vicreg)",
+    "lars": "LARS (BYOL, Barlow Twins, VICReg), biases and norms excluded; base lr 0.2 x batch/256 (vicreg's default)",
+    "adamw": "AdamW (MoCo v3's ViT recipe), no decay on biases and norms; base lr 1.5e-4 x batch/256",
+}
 BACKBONE_INFO = {
     "small-cnn": "four conv blocks, widths w..8w (--width), for CPUs",
     "resnet18-cifar": "ResNet-18 with the CIFAR stem (3x3, stride 1, no max-pool)",
     "resnet50": "torchvision's ResNet-50",
+    "vit-tiny": "ViT for CPUs: a 4x4 grid of patches, width 128, 4 blocks of 4 heads (torchvision's VisionTransformer)",
+    "torchvision:NAME": "any torchvision classification model, random init; list them with python -c \"import "
+                        "torchvision; print(torchvision.models.list_models(module=torchvision.models))\"",
+    "timm:NAME": "any timm model, random init (pip install \"stopgrad[timm]\"); list them with python -c "
+                 "\"import timm; print(timm.list_models())\"",
 }
 
 
@@ -386,6 +542,7 @@ def _cmd_list(args) -> int:
     section("stop-gradient policies (--stopgrad)", POLICY_INFO.items())
     section("datasets (--dataset)", DATASET_INFO.items())
     section("backbones (--backbone)", BACKBONE_INFO.items())
+    section("optimizers (--optimizer)", OPTIMIZER_INFO.items())
     section("head presets (--heads)", ((k, "projector " + "-".join(map(str, v["projector"]))
                                         + (f", predictor {'-'.join(map(str, v['predictor']))}" if v.get("predictor")
                                            else "")) for k, v in HEAD_PRESETS.items()))
@@ -452,6 +609,7 @@ EPILOG = """common commands:
   stopgrad train --resume runs/baseline            continue an interrupted run exactly
   stopgrad eval linear --run runs/baseline         linear probe; also knn, transfer, tsne, geometry
   stopgrad compare runs/a runs/b                   curves of several runs in one PNG, and a table
+  stopgrad export RUN --format detectron2 --out r18.pkl   a ResNet's weights for detectron2 (or torchvision, timm)
   stopgrad reproduce gsg-table1 --budget cpu --out results/gsg-table1
   stopgrad list                                    methods, policies, data sets, presets, experiments
   torchrun --nproc_per_node 8 -m stopgrad train ...            several GPUs
@@ -469,6 +627,7 @@ def make_parser() -> Parser:
     _reproduce_parser(sub)
     _eval_parser(sub)
     _compare_parser(sub)
+    _export_parser(sub)
     sub.add_parser("list", help="methods, policies, data sets, backbones and presets")
     return parser
 
@@ -481,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(argv)
     handlers = {"train": _cmd_train, "list": _cmd_list, "eval": _cmd_eval, "bench": _cmd_bench,
-                "reproduce": _cmd_reproduce, "compare": _cmd_compare}
+                "reproduce": _cmd_reproduce, "compare": _cmd_compare,
+                "export": _cmd_export}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, RunError) as exc:

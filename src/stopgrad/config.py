@@ -2,22 +2,24 @@
 
 Unknown keys and invalid values raise :class:`ConfigError` with a message that names the valid
 choices (or the closest valid key).
+
+The keys are flat (YAML ``lr: 0.1``, CLI ``--lr 0.1``) but each belongs to one group, the part of
+the library it configures (:data:`OPTION_GROUPS`). A group's keys (``OPTIONS``) and their
+validator (``check_options``) are declared in the module that reads them, and
+:meth:`Config.validate` runs every group's validator: a new method, backbone or optimiser adds
+its keys and checks where its code is. ``stopgrad train --help`` and docs/reference.md list the
+keys by group.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
 
-from .backbones import BACKBONES
-from .data.augment import RECIPES
-from .gsg import POLICIES
-from .heads import HEAD_PRESETS
-from .methods import METHODS
+from importlib import import_module
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -36,9 +38,37 @@ class ConfigError(ValueError):
     """
 
 
-# learning rates of methods that diverge at the default 0.2 with plain SGD: VICReg's covariance term
-# grows with the fourth power of the unnormalised embedding's scale (its authors use LARS)
-METHOD_LR = {"vicreg": 0.05}
+# group -> (the module of stopgrad that declares its keys, OPTIONS, and validates them, and its title)
+OPTION_GROUPS = {
+    "method": ("methods.options", "method and loss (each method's docstring says which keys it reads)"),
+    "data": ("data.options", "data and augmentation"),
+    "model": ("backbones", "model: backbone and heads"),
+    "optimisation": ("optim", "optimisation: optimiser, learning rate, schedules, momentum copy"),
+    "evaluation": ("evaluate.online", "evaluation during training"),
+    "running": ("train", "running: device, speed, processes, checkpoints, logging"),
+}
+
+
+def option_groups() -> dict[str, tuple[str, ...]]:
+    """group -> its config keys, in :data:`OPTION_GROUPS` order (the modules are imported on first use).
+
+    >>> from stopgrad.config import option_groups
+    >>> list(option_groups())
+    ['method', 'data', 'model', 'optimisation', 'evaluation', 'running']
+    >>> option_groups()["optimisation"][:4]
+    ('epochs', 'batch_size', 'optimizer', 'lr')
+    """
+    return {name: tuple(_group_module(name).OPTIONS) for name in OPTION_GROUPS}
+
+
+def _group_module(name: str):
+    return import_module(f".{OPTION_GROUPS[name][0]}", __package__)
+
+
+def _group_check(name: str):
+    module = _group_module(name)
+    # the model group's validator is named for what it checks
+    return getattr(module, "check_backbone_options" if name == "model" else "check_options")
 
 
 @dataclass(frozen=True)
@@ -47,12 +77,15 @@ class Config:
 
     ``Config(...)`` takes the fields as keywords and does not check them; :func:`build_config`
     (defaults, preset YAML, overrides) returns a validated one, and :meth:`validate` checks one.
-    ``lr=None`` becomes the method's default learning rate. It holds no tensors: shapes follow
-    from ``views``, ``batch_size``, ``image_size``, ``width`` and ``heads``.
+    ``None`` in ``optimizer``, ``lr``, ``lr_scaling`` and ``weight_decay`` becomes the method's
+    default, else the optimiser's (:func:`stopgrad.optim.resolve_defaults`). It holds no tensors:
+    shapes follow from ``views``, ``batch_size``, ``image_size``, ``width`` and ``heads``.
 
     >>> cfg = sg.Config(method="vicreg", width=4)
-    >>> cfg.lr, cfg.batch_size, cfg.views  # VICReg's own default learning rate
-    (0.05, 128, 2)
+    >>> cfg.optimizer, cfg.lr, cfg.lr_scaling, cfg.batch_size  # VICReg's paper recipe: LARS, lr 0.2 x batch / 256
+    ('lars', 0.2, 'linear', 128)
+    >>> sg.Config().optimizer, sg.Config().lr, sg.Config().weight_decay  # the default run
+    ('sgd', 0.2, 0.0005)
     >>> cfg.replace(epochs=1).epochs, cfg.epochs  # a changed copy
     (1, 8)
     >>> sg.Config(batch_size=1).validate()
@@ -93,17 +126,23 @@ class Config:
     train_subset: int | None = None
     stream: bool | None = None  # image folders: read from disk per batch; None: when over 2 GiB decoded
     # model
-    backbone: str = "small-cnn"
+    backbone: str = "small-cnn"  # a name of `stopgrad list`, torchvision:NAME or timm:NAME
     width: int = 16  # small-cnn only
     heads: str = "small"
+    small_input: bool | None = None  # library models adapted to small images (docs/reference.md); None: side <= 64
+    freeze_patch_embed: bool = False  # a ViT's random patch projection kept fixed (MoCo v3)
     # optimisation
     epochs: int = 8
     batch_size: int = 128
-    lr: float | None = None  # None: 0.2, or the method's own default (METHOD_LR)
+    optimizer: str | None = None  # sgd | lars | adamw; None: the method's (sgd, vicreg: lars)
+    lr: float | None = None  # base lr; None: the method's or the optimiser's (optim.OPTIMIZER_DEFAULTS)
+    lr_scaling: str | None = None  # none | linear (lr x batch_size / 256); None: the optimiser's
     lr_schedule: str = "cosine"  # cosine | constant
     warmup_epochs: float = 0.0
-    sgd_momentum: float = 0.9
-    weight_decay: float = 5e-4
+    sgd_momentum: float = 0.9  # momentum of SGD and LARS
+    weight_decay: float | None = None  # None: the method's or the optimiser's; LARS/AdamW: none on biases and norms
+    lars_eta: float = 0.001  # LARS trust coefficient
+    adamw_betas: tuple[float, float] = (0.9, 0.999)  # AdamW (beta1, beta2)
     ema_momentum: float = 0.99
     ema_schedule: str = "constant"  # constant | cosine (BYOL's increase to 1)
     # speed (none of these changes the maths beyond rounding)
@@ -119,6 +158,7 @@ class Config:
     collapse_threshold: float = 0.2  # collapse alarm: sqrt(D) x the projection's collapse std (healthy ~1) under this
     collapse_patience: int = 3  # ... for this many consecutive evaluations raises the alarm
     stop_on_collapse: bool = False  # the alarm stops the run (its last checkpoint is kept)
+    pixel_baselines: bool = True  # kNN on the raw and mean-centred pixels before training (cached per data set)
     # many processes (torchrun)
     sync_bn: bool = False  # BatchNorm statistics over the global batch
     gsg_partners: str = "local"  # GSG partners within each process's batch, or "global" (the whole batch)
@@ -135,105 +175,17 @@ class Config:
         for f in fields(self):  # YAML gives lists: keep one spelling, the tuple
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        if self.lr is None:
-            object.__setattr__(self, "lr", METHOD_LR.get(self.method, 0.2))
+        from .optim import resolve_defaults
+        resolved = resolve_defaults(self.method, self.optimizer, lr=self.lr, lr_scaling=self.lr_scaling,
+                                    weight_decay=self.weight_decay)
+        for key, value in resolved.items():
+            object.__setattr__(self, key, value)
 
     def validate(self) -> "Config":
-        def choice(key: str, options) -> None:
-            if getattr(self, key) not in options:
-                raise ConfigError(f"invalid {key} {getattr(self, key)!r}; choose one of {', '.join(map(str, options))}")
-
-        choice("method", METHODS)
-        choice("stopgrad", POLICIES)
-        choice("views", (2, 4))
-        choice("backbone", BACKBONES)
-        choice("heads", tuple(HEAD_PRESETS))
-        choice("augment", tuple(RECIPES))
-        choice("lr_schedule", ("cosine", "constant"))
-        choice("ema_schedule", ("constant", "cosine"))
-        choice("fnc_mode", ("elimination", "attraction"))
-        choice("gsg_partners", ("local", "global"))
-        if self.log is not None:
-            from .runlog import LOG_CHOICES, tensorboard_available
-            choice("log", LOG_CHOICES)
-            if self.log != "jsonl" and not tensorboard_available():
-                raise ConfigError(f"--log {self.log} needs the tensorboard package: `pip install tensorboard`, "
-                                  "or use --log jsonl")
-        for key in ("temperature", "bank_momentum", "triplet_margin"):
-            if not getattr(self, key) >= 0 or (key == "temperature" and self.temperature == 0):
-                raise ConfigError(f"{key} must be {'positive' if key == 'temperature' else '>= 0'}, "
-                                  f"got {getattr(self, key)}")
-        if self.bank_momentum >= 1:
-            raise ConfigError(f"bank_momentum must be in [0, 1), got {self.bank_momentum}")
-        for key in ("directclr_dim", "fnc_top_k", "triplet_rank"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        self._validate_prototype_keys()
-        if self.num_negatives is not None and self.num_negatives <= 0:
-            raise ConfigError(f"num_negatives must be positive, got {self.num_negatives}")
-        if self.eqco_alpha is not None and self.eqco_alpha < 0:
-            raise ConfigError(f"eqco_alpha must be > 0 (or 0 to turn EqCo off), got {self.eqco_alpha}")
-        known = ("fashion-mnist", "cifar10", "cifar100", "digits")
-        if self.dataset not in known and not (self.dataset.startswith("folder:") and len(self.dataset) > 7):
-            raise ConfigError(f"invalid dataset {self.dataset!r}; choose one of {', '.join(known)}, folder:PATH")
-        for key in ("epochs", "batch_size", "width", "eval_every", "knn_k", "collapse_patience"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        for key in ("lr", "knn_temperature"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        for key in ("channels_last", "eval_geometry", "stop_on_collapse", "sync_bn", "strict_data"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
-        if not self.collapse_threshold >= 0:
-            raise ConfigError(f"collapse_threshold must be >= 0 (0 turns the alarm off), got {self.collapse_threshold}")
-        for key in ("amp", "stream"):
-            if getattr(self, key) not in (None, True, False):
-                raise ConfigError(f"{key} must be true, false or null (automatic), got {getattr(self, key)!r}")
-        if self.checkpoint_every is not None and self.checkpoint_every <= 0:
-            raise ConfigError(f"checkpoint_every must be a positive number of steps, got {self.checkpoint_every}")
-        if self.max_nan_skips < 0:
-            raise ConfigError(f"max_nan_skips must be >= 0, got {self.max_nan_skips}")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be >= 0, got {self.workers}")
-        for key in ("train_subset", "image_size", "threads"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ConfigError("weight_decay and warmup_epochs must be >= 0")
-        if not 0 <= self.ema_momentum <= 1 or not 0 <= self.sgd_momentum < 1:
-            raise ConfigError("ema_momentum must be in [0, 1] and sgd_momentum in [0, 1)")
-        if self.batch_size < 2:
-            raise ConfigError(f"batch_size must be at least 2: every image needs a partner image in its batch "
-                              f"(got {self.batch_size})")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ConfigError(f"invalid device {self.device!r}; choose auto, cpu, cuda or cuda:N")
+        """Check every key (each group by its own validator, :data:`OPTION_GROUPS`); returns ``self``."""
+        for name in OPTION_GROUPS:
+            _group_check(name)(self)
         return self
-
-    def _validate_prototype_keys(self) -> None:
-        def numbers(value, n: int) -> bool:
-            return isinstance(value, tuple) and len(value) == n and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf for v in value)
-
-        if self.spcl_targets not in ("kmeans", "labels"):
-            raise ConfigError(f"invalid spcl_targets {self.spcl_targets!r}; choose one of kmeans, labels")
-        if not self.bt_lambda >= 0:
-            raise ConfigError(f"bt_lambda must be >= 0, got {self.bt_lambda}")
-        for key, n, names in (("vicreg_weights", 3, "invariance, variance, covariance"),
-                              ("spcl_weights", 3, "contrastive, metric, prototype"),
-                              ("spcl_symmetric_ce", 2, "alpha, beta")):
-            value = getattr(self, key)
-            if key == "spcl_symmetric_ce" and value is None:
-                continue
-            if not numbers(value, n):
-                raise ConfigError(f"{key} must be {n} numbers >= 0 ({names}), got {value!r}")
-            if key != "vicreg_weights" and not any(value):
-                raise ConfigError(f"{key} are all 0: give at least one positive weight ({names})")
-        for key, low in (("twist_classes", 2), ("spcl_prototypes", 2)):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < low:
-                raise ConfigError(f"{key} must be a whole number >= {low}, got {getattr(self, key)!r}")
-        if not 0 < self.spcl_anchor_fraction < 1:
-            raise ConfigError(f"spcl_anchor_fraction must be in (0, 1), got {self.spcl_anchor_fraction}")
 
     # ------------------------------------------------------------------ YAML
     def to_dict(self) -> dict:
@@ -254,13 +206,53 @@ def check_keys(data: dict, source: str) -> None:
             raise ConfigError(f"unknown key {key!r} in {source}; {hint}")
 
 
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _fits(value, annotation: str) -> bool:
+    """Whether ``value`` (as YAML or a caller gives it) has the type a field's annotation names."""
+    for option in (part.strip() for part in annotation.split("|")):
+        if option == "None" and value is None:
+            return True
+        if option.startswith("tuple["):
+            items = [t.strip() for t in option[len("tuple["):-1].split(",")]
+            if isinstance(value, (tuple, list)) and len(value) == len(items) and all(
+                    _fits(v, t) for v, t in zip(value, items)):
+                return True
+        elif option in _SCALARS:
+            kind = _SCALARS[option]
+            if kind is bool:
+                if isinstance(value, bool):
+                    return True
+            elif kind is float:
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    return True
+            elif isinstance(value, kind) and not isinstance(value, bool):
+                return True
+    return False
+
+
+def _describe(annotation: str) -> str:
+    words = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
+             "None": "null"}
+    options = [p.strip() for p in annotation.split("|")]
+    return " or ".join(words.get(o, f"{o.count(',') + 1} numbers" if o.startswith("tuple[") else o)
+                       for o in options)
+
+
 def _coerce(key: str, value):
-    """YAML gives ints for floats like `lr: 1`; make types match the field's default."""
+    """Check that ``value`` has the field's type (one-line :class:`ConfigError` otherwise) and make it
+    match the field's default: YAML gives ints for floats like `lr: 1`."""
+    annotation = FIELDS[key].type if isinstance(FIELDS[key].type, str) else getattr(FIELDS[key].type, "__name__", "")
+    # (a list for a tuple key is checked, with a message that names its parts, by the key's group)
+    listed = isinstance(value, (list, tuple)) and "tuple[" in annotation
+    if annotation and not listed and not _fits(value, annotation):
+        raise ConfigError(f"{key} must be {_describe(annotation)}, got {value!r}")
     default = FIELDS[key].default
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if isinstance(default, bool) and not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if isinstance(value, list):
+        return tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
     return value
 
 
@@ -280,6 +272,8 @@ def load_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{path} is not a readable YAML text file ({type(exc).__name__}); give a config file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys")
     check_keys(data, str(path))

@@ -52,7 +52,19 @@ def init(device_type: str) -> Context:
         return Context()
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=_dt.timedelta(minutes=30))
+        timeout = _dt.timedelta(minutes=30)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # Keys of this attempt's own. The elastic agent's store outlives a failed attempt
+            # (torchrun --max-restarts), and a process of the new attempt could otherwise read the
+            # address a dead process of the old one left there, and wait for it forever.
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            world = int(os.environ["WORLD_SIZE"])
+            agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                                  timeout=timeout)
+            dist.init_process_group(backend, store=dist.PrefixStore(f"stopgrad/attempt_{attempt}", agent),
+                                    rank=int(os.environ["RANK"]), world_size=world, timeout=timeout)
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

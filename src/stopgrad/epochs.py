@@ -201,7 +201,7 @@ def resume_checkpoint(s: Setup, run_dir: Path, log=None) -> tuple[list[dict], in
     runs.load_model_state(s.model, state["model"], path)
     s.optimizer.load_state_dict(state["optimizer"])
     for group in s.optimizer.param_groups:  # the kernel choice belongs to this device, not the saved one
-        group.update(fused=s.optimizer.defaults["fused"], foreach=s.optimizer.defaults["foreach"])
+        group.update({k: s.optimizer.defaults[k] for k in ("fused", "foreach") if k in s.optimizer.defaults})
     epoch, seconds = state["epoch"], state["seconds"]
     if "metrics" in state:
         rows = state["metrics"]

@@ -42,6 +42,13 @@ HEAD_PRESETS = {
     "imagenet": {"projector": [2048, 2048, 2048], "predictor": [512, 2048]},
     # small heads for the small CPU backbone: the heads are half the step time at the paper's sizes
     "small": {"projector": [512, 512], "predictor": [128, 512]},
+    # BYOL's shape (wide hidden layers, a narrow output) at the small CNN's scale
+    "small-wide": {"projector": [1024, 256], "predictor": [1024, 256]},
+    # the papers' ImageNet heads (configs/paper/): BYOL's projector and predictor 4096-256; SimCLR's
+    # projector 2048-128; MoCo v3's (ResNet) 3-layer projector 4096-4096-256 and predictor 4096-256
+    "byol": {"projector": [4096, 256], "predictor": [4096, 256]},
+    "simclr": {"projector": [2048, 128], "predictor": [512, 128]},
+    "moco-v3": {"projector": [4096, 4096, 256], "predictor": [4096, 256]},
     # Barlow Twins' projector = VICReg's expander: three layers of 8192 (both papers, ImageNet);
     # the predictor is only for methods that have one
     "barlow-twins": {"projector": [8192, 8192, 8192], "predictor": [512, 8192]},

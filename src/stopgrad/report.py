@@ -14,6 +14,8 @@ import yaml
 
 from . import runs
 from .config import Config, ConfigError
+from .evaluate.baselines import read_run_baselines
+from .optim import describe as describe_optimizer
 from .plots import CURVES, plot_metrics
 
 REPORT_FILE, EVALUATIONS_FILE = "report.md", "evaluations.jsonl"
@@ -31,7 +33,7 @@ def read_evaluations(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / EVALUATIONS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return runs.read_jsonl(path)
 
 
 def record_evaluation(run_dir: Path, result: dict) -> None:
@@ -54,15 +56,22 @@ def describe_run(cfg: Config) -> str:
     width = f" width {cfg.width}" if cfg.backbone == "small-cnn" else ""
     subset = f" ({cfg.train_subset} training images)" if cfg.train_subset else ""
     return (f"{cfg.method}{policy}{predictor} on {cfg.dataset}{subset}, {cfg.backbone}{width}, {cfg.views} views, "
-            f"{cfg.epochs} epochs of batch {cfg.batch_size}, SGD lr {cfg.lr} ({cfg.lr_schedule}), seed {cfg.seed}")
+            f"{cfg.epochs} epochs of batch {cfg.batch_size}, {describe_optimizer(cfg)} ({cfg.lr_schedule}), "
+            f"seed {cfg.seed}")
 
 
 def _evaluation_line(e: dict) -> str:
     name = e.get("evaluation", "?")
+    pixels = e.get("pixels") if isinstance(e.get("pixels"), dict) else None
     if name == "linear":
-        return f"| linear ({e.get('protocol')}) | top-1 {_pct(e.get('top1'))}, top-5 {_pct(e.get('top5'))} | {e.get('at', '')} |"
+        beside = f" (pixels: top-1 {_pct(pixels.get('top1'))})" if pixels else ""
+        return (f"| linear ({e.get('protocol')}) | top-1 {_pct(e.get('top1'))}, top-5 {_pct(e.get('top5'))}{beside} | "
+                f"{e.get('at', '')} |")
     if name == "knn":
         parts = [f"k={k}: top-1 {_pct(v.get('top1'))}" for k, v in e.get("scores", {}).items()]
+        if pixels:
+            parts.append(f"pixels k={pixels.get('k')}: {_pct(pixels.get('knn_top1'))}, centred "
+                         f"{_pct(pixels.get('centred_knn_top1'))}")
         return f"| kNN (T={e.get('temperature')}) | {', '.join(parts)} | {e.get('at', '')} |"
     if name == "transfer":
         return (f"| transfer to {e.get('target')} | {e.get('metric')} {_pct(e.get('score'))} "
@@ -73,6 +82,23 @@ def _evaluation_line(e: dict) -> str:
         keys = ("rep_effective_rank", "proj_effective_rank", "proj_collapse_std", "proj_uniformity")
         return f"| geometry | {', '.join(f'{k} {_num(e.get(k), 3)}' for k in keys if k in e)} | {e.get('at', '')} |"
     return f"| {name} | {json.dumps({k: v for k, v in e.items() if k != 'at'})[:200]} | {e.get('at', '')} |"
+
+
+def _pixel_lines(pixels: dict | None, evaluations: list[dict]) -> list[str]:
+    """Rows of the final-metrics table for the pixel baselines (RUN/baselines.json; a linear figure
+    may also come from a later `stopgrad eval linear`)."""
+    linear = next((e["pixels"]["top1"] for e in reversed(evaluations) if e.get("evaluation") == "linear"
+                   and isinstance(e.get("pixels"), dict) and e["pixels"].get("top1") is not None), None)
+    if linear is None and pixels:
+        linear = pixels.get("linear_top1")
+    lines = []
+    if pixels:
+        lines.append(f"| pixels: kNN top-1, k = {pixels.get('k')} / k = 1 (raw; mean-centred) | "
+                     f"{_pct(pixels.get('knn_top1'))} / {_pct(pixels.get('knn1_top1'))}; "
+                     f"{_pct(pixels.get('centred_knn_top1'))} / {_pct(pixels.get('centred_knn1_top1'))} |")
+    if linear is not None:
+        lines.append(f"| pixels: linear top-1 (fast) | {_pct(linear)} |")
+    return lines
 
 
 def report_markdown(run_dir: Path, cfg: Config, rows: list[dict], evaluations: list[dict]) -> str:
@@ -92,6 +118,7 @@ def report_markdown(run_dir: Path, cfg: Config, rows: list[dict], evaluations: l
               f"| kNN top-1, k = {cfg.knn_k} | {_pct(final.get('knn_top1'))} (random init: {_pct(rows[0].get('knn_top1'))}) |",
               f"| kNN top-5, k = {cfg.knn_k} | {_pct(final.get('knn_top5'))} |",
               f"| kNN top-1, k = 1 | {_pct(final.get('knn1_top1'))} |"]
+    lines += _pixel_lines(read_run_baselines(run_dir), evaluations)
     for space, title in (("rep", "representation"), ("proj", "projection")):
         if f"{space}_collapse_std" in final:
             lines.append(f"| {title}: collapse std / effective rank / alignment / uniformity | "
@@ -134,8 +161,17 @@ def _label(run_dir: Path, cfg: Config) -> str:
     return f"{run_dir.name} ({cfg.method}{policy}{'' if cfg.predictor else ', no pred.'})"
 
 
-def compare(run_dirs: list[Path], out: Path, metrics=("loss", "knn_top1", "collapse_std")) -> str:
-    """Overlay ``metrics`` vs epoch of every run in one PNG at ``out``; return a markdown table."""
+X_AXES = {"epoch": "epoch", "time": "training minutes"}
+
+
+def compare(run_dirs: list[Path], out: Path, metrics=("loss", "knn_top1", "collapse_std"), x: str = "epoch") -> str:
+    """Overlay ``metrics`` of every run in one PNG at ``out``; return a markdown table.
+
+    ``x``: ``"epoch"``, or ``"time"`` (training minutes: each row's cumulative ``seconds``, evaluation
+    excluded). The kNN panels draw the runs' pixel baselines (RUN/baselines.json) as dashed lines.
+    """
+    if x not in X_AXES:
+        raise ConfigError(f"invalid x axis {x!r}; choose one of {', '.join(X_AXES)}")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -146,16 +182,26 @@ def compare(run_dirs: list[Path], out: Path, metrics=("loss", "knn_top1", "colla
         if not rows:
             raise ConfigError(f"{d} has no metrics yet; give runs that have finished at least one evaluation")
         loaded.append((d, cfg, rows))
+    pixels = [b for b in (read_run_baselines(d) for d, _, _ in loaded) if b]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), dpi=100, squeeze=False)
     for ax, key in zip(axes[0], metrics):
         for d, cfg, rows in loaded:
-            points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+            points = [(r["epoch"] if x == "epoch" else r.get("seconds", 0) / 60, r[key]) for r in rows
+                      if r.get(key) is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=_label(d, cfg))
-        ax.set_xlabel("epoch")
+        pixel_key = {"knn_top1": ("knn_top1", "centred_knn_top1"), "knn1_top1": ("knn1_top1", "centred_knn1_top1")}
+        drawn = set()
+        for raw_key, style, name in zip(pixel_key.get(key, ()), (":", "--"), ("pixels", "centred pixels")):
+            for value in sorted({b[raw_key] for b in pixels if b.get(raw_key) is not None} - drawn):
+                ax.axhline(value, color="gray", linestyle=style, linewidth=1, label=f"{name} {100 * value:.1f}%")
+                drawn.add(value)
+        ax.set_xlabel(X_AXES[x])
         ax.set_title(CURVES.get(key, key))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    for ax in axes[0]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
@@ -172,6 +218,16 @@ def compare(run_dirs: list[Path], out: Path, metrics=("loss", "knn_top1", "colla
         lines.append(f"| {d.name} | {_label(d, cfg).split('(', 1)[1][:-1]} | {rows[-1]['epoch']}/{cfg.epochs} | "
                      f"{_pct(final.get('knn_top1'))} | {_pct(best)} | {_pct(final.get('knn1_top1'))} | "
                      f"{_num(rows[-1].get('collapse_std'))} | {lin} | {rows[-1].get('seconds', 0):.0f} |")
+    seen = set()
+    for b in pixels:  # one pair of rows per distinct bank, k and T
+        key = (b.get("fingerprint"), b.get("k"), b.get("temperature"))
+        if key in seen:
+            continue
+        seen.add(key)
+        lin = f"{_pct(b['linear_top1'])} (fast)" if b.get("linear_top1") is not None else "–"
+        for name, prefix in (("pixels", ""), ("pixels, mean-centred", "centred_")):
+            lines.append(f"| {name} | (k = {b.get('k')}, {b.get('bank')} images) | – | {_pct(b.get(prefix + 'knn_top1'))} | "
+                         f"– | {_pct(b.get(prefix + 'knn1_top1'))} | – | {lin if not prefix else '–'} | – |")
     return "\n".join(lines)
 
 

@@ -82,29 +82,90 @@ def check_writable(run_dir: Path) -> None:
 
 
 def write_config(run_dir: Path, cfg: Config, device: str, processes: int = 1) -> None:
-    record = {"config": cfg.to_dict(), "stopgrad_version": __version__, "git_commit": git_commit(),
+    from .optim import scaled_lr
+    record = {"config": cfg.to_dict(), "lr_after_scaling": scaled_lr(cfg),  # lr_scaling applied (before the schedule)
+              "stopgrad_version": __version__, "git_commit": git_commit(),
               "torch_version": str(torch.__version__), "device": device, "processes": processes,
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     atomic_write(run_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(yaml.safe_dump(record, sort_keys=False)))
 
 
 def read_config(run_dir: Path) -> Config:
+    """The config a run was started with, checked like a user's YAML (one-line :class:`ConfigError`)."""
+    from .config import _coerce
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); give the --out folder of a run")
-    record = yaml.safe_load(path.read_text())
+    try:
+        record = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{path} is not readable YAML ({str(exc).strip().splitlines()[0][:120]}); "
+                          "it was not written by stopgrad or is damaged") from None
     values = record.get("config") if isinstance(record, dict) else None
     if not isinstance(values, dict):
         raise ConfigError(f"{path} has no 'config' mapping; it was not written by stopgrad")
     check_keys(values, str(path))
-    return Config(**values).validate()
+    if "optimizer" not in values:  # a run from before the optimiser keys: it trained with plain SGD
+        values = {**values, "optimizer": "sgd", "lr_scaling": "none"}
+    try:
+        return Config(**{k: _coerce(k, v) for k, v in values.items()}).validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def auto_resume(run_dir: Path, cfg: Config) -> bool:
+    """``--auto-resume``: whether to continue the run in ``run_dir`` (True) or start it there (False).
+
+    A missing or empty folder starts the run; a folder holding a run with this same resolved
+    config continues it (from its last checkpoint, or from the beginning if it never wrote one);
+    anything else is a one-line :class:`ConfigError`, and nothing in the folder is touched. The
+    same command line can therefore be repeated after a failure, as torchrun's ``--max-restarts``
+    does with every worker.
+    """
+    if not run_dir.exists():
+        return False
+    if not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file; give a folder")
+    if not (run_dir / CONFIG_FILE).is_file():
+        if any(run_dir.iterdir()):
+            raise ConfigError(f"--out {run_dir} is not empty and holds no run ({CONFIG_FILE} is missing); "
+                              "give a new or empty folder")
+        return False
+    saved, given = read_config(run_dir).to_dict(), cfg.to_dict()
+    differ = [k for k in given if saved.get(k) != given[k]]
+    if differ:
+        shown = ", ".join(f"{k} {saved.get(k)!r} there, {given[k]!r} here" for k in differ[:3])
+        raise ConfigError(f"{run_dir} holds a different run ({shown}{', ...' if len(differ) > 3 else ''}); "
+                          f"continue it with `stopgrad train --resume {run_dir}`, or choose another --out")
+    return True
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a .jsonl file, one a line; a line that is not one is a one-line :class:`ConfigError`."""
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read ({type(exc).__name__}); it is damaged") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}, line {number}, is not a JSON object; the file is damaged: restore it, "
+                              "or delete that line")
+        rows.append(row)
+    return rows
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The run's metrics rows: metrics.jsonl, or for a run logged to TensorBoard only its checkpoint's copy."""
     path = run_dir / METRICS_FILE
     if path.is_file():
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(path)
     if has_checkpoint(run_dir):
         try:
             return list(load_checkpoint(run_dir, "cpu").get("metrics", []))

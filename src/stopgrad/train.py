@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, runs
+from . import distributed, optim, runs
 from .config import Config, ConfigError
 from .control import CHECK_EVERY, LossGuard, NonFiniteLoss, StopRequest, describe_terms
 from .epochs import (EpochState, checkpoint_state, epoch_generators, local_order, make_views, restore_epoch,
@@ -38,6 +38,8 @@ from .data import RECIPES, load_dataset
 from .data.datasets import ImageData
 from .data.stream import iter_batches
 from .ema import momentum_at
+from .evaluate.baselines import describe as describe_baselines, read_run_baselines, run_pixel_baselines
+from .evaluate.baselines import save_run_baselines
 from .evaluate.geometry import plot_spectra
 from .runlog import RunLog
 from .evaluate.online import CollapseAlarm, evaluate_run, projection_dim
@@ -73,10 +75,40 @@ def use_amp(cfg: Config, device: torch.device) -> bool:
     return native_bfloat16(device) if cfg.amp is None else cfg.amp
 
 
+# the running group of the config (stopgrad.config.OPTION_GROUPS): its keys, validated by check_options
+OPTIONS = ("seed", "device", "threads", "amp", "channels_last", "compile", "sync_bn", "gsg_partners",
+           "checkpoint_every", "max_nan_skips", "log")
+
+
+def check_options(cfg: Config) -> None:
+    """Validate the running group of a :class:`~stopgrad.config.Config` (:data:`OPTIONS`); raises ConfigError."""
+    if cfg.gsg_partners not in ("local", "global"):
+        raise ConfigError(f"invalid gsg_partners {cfg.gsg_partners!r}; choose one of local, global")
+    if cfg.log is not None:
+        from .runlog import LOG_CHOICES, tensorboard_available
+        if cfg.log not in LOG_CHOICES:
+            raise ConfigError(f"invalid log {cfg.log!r}; choose one of {', '.join(LOG_CHOICES)}")
+        if cfg.log != "jsonl" and not tensorboard_available():
+            raise ConfigError(f"--log {cfg.log} needs the tensorboard package: `pip install tensorboard`, "
+                              "or use --log jsonl")
+    for key in ("channels_last", "sync_bn"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise ConfigError(f"{key} must be true or false, got {getattr(cfg, key)!r}")
+    if cfg.amp not in (None, True, False):
+        raise ConfigError(f"amp must be true, false or null (automatic), got {cfg.amp!r}")
+    if cfg.checkpoint_every is not None and cfg.checkpoint_every <= 0:
+        raise ConfigError(f"checkpoint_every must be a positive number of steps, got {cfg.checkpoint_every}")
+    if cfg.max_nan_skips < 0:
+        raise ConfigError(f"max_nan_skips must be >= 0, got {cfg.max_nan_skips}")
+    if cfg.threads is not None and cfg.threads <= 0:
+        raise ConfigError(f"threads must be positive, got {cfg.threads}")
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise ConfigError(f"invalid device {cfg.device!r}; choose auto, cpu, cuda or cuda:N")
+
+
 def make_optimizer(params, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    """SGD with momentum; one fused kernel on CUDA, multi-tensor (foreach) kernels on CPU."""
-    impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay, **impl)
+    """The run's optimiser (SGD, LARS or AdamW: :func:`stopgrad.optim.make_optimizer`)."""
+    return optim.make_optimizer(params, cfg, device)
 
 
 def training_images(cfg: Config, data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +251,7 @@ def run_epoch(s: Setup, state: EpochState, steps: int, on_step=None, guard: Loss
     t0 = time.perf_counter()
     for i, batch in zip(range(state.done, steps), batches):
         step = (state.epoch - 1) * s.steps_per_epoch + i
-        state.lr = lr_at(step, s.total_steps, cfg.lr, cfg.lr_schedule, warmup)
+        state.lr = lr_at(step, s.total_steps, optim.scaled_lr(cfg), cfg.lr_schedule, warmup)
         views = make_views(batch, cfg.views, recipe, mean, std, cfg.image_size, state.g, s.channels_last)
         indices = mine[i * b:(i + 1) * b]
         skipped = guard.skipped if guard is not None else 0
@@ -278,6 +310,20 @@ def _evaluate(s: Setup, run_dir: Path, row: dict, log: RunLog) -> None:
     if spectra:
         png = plot_spectra(spectra, run_dir / "spectrum.png", f"embedding spectrum after epoch {row['epoch']}")
         log.image("eval/spectrum", png, row["epoch"])
+
+
+def _pixel_baselines(s: Setup, run_dir: Path, quiet: bool) -> dict | None:
+    """With ``pixel_baselines``: the kNN pixel baselines of the run's bank (cached per data set; the
+    linear probe's figure too when the cache holds it), logged and kept in RUN/baselines.json."""
+    if not s.cfg.pixel_baselines:
+        return None
+    pixels = run_pixel_baselines(s.cfg, s.data, s.train_x, s.train_y)
+    if pixels is None:
+        _log("pixels: not computed for images streamed from disk", quiet)
+        return None
+    save_run_baselines(run_dir, pixels)
+    _log(f"pixels: {describe_baselines(pixels)}", quiet)
+    return pixels
 
 
 def _bar_text(latest: dict, lr: float) -> str:
@@ -341,6 +387,8 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
     if s.data.skipped:
         _log(f"skipped {len(s.data.skipped)} unreadable image(s), the first: {s.data.skipped[0]} "
              "(--strict-data makes this an error)", quiet, error=True)
+    for note in s.data.notes:
+        _log(note, quiet, error=True)
     alarm = None
     if cfg.eval_geometry and cfg.collapse_threshold > 0:
         size = cfg.image_size or s.data.image_size
@@ -348,8 +396,10 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
                               projection_dim(s.model, s.data.channels, size, s.device))
     rows: list[dict] = []
     start_epoch_done, seconds, in_epoch = 0, 0.0, None
+    pixels = None  # the pixel baselines (evaluate.baselines), when computed
     if resume:
         rows, start_epoch_done, seconds, in_epoch = resume_checkpoint(s, run_dir, lambda m: _log(m, quiet, error=True))
+        pixels = read_run_baselines(run_dir)
         log = RunLog(run_dir, cfg.log, resume_epoch=start_epoch_done, enabled=main)
         if main and log.jsonl:
             runs.write_metrics(run_dir, rows)  # drop lines from an epoch that never reached its checkpoint
@@ -357,16 +407,20 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
             if alarm is not None and r.get("knn_top1") is not None:
                 alarm.update(r["epoch"], r)
     else:
-        rows = [{"epoch": 0, "step": 0, "loss": None, "lr": lr_at(0, s.total_steps, cfg.lr, cfg.lr_schedule),
+        rows = [{"epoch": 0, "step": 0, "loss": None,
+                 "lr": lr_at(0, s.total_steps, optim.scaled_lr(cfg), cfg.lr_schedule),
                  "collapse_std": None, "seconds": 0.0}]
         log = RunLog(run_dir, cfg.log, enabled=main)
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             runs.write_config(run_dir, cfg, str(s.device), s.context.world)
+            _log(f"optimizer: {optim.describe(cfg)}, {cfg.lr_schedule} schedule"
+                 + (f" after {cfg.warmup_epochs:g} warm-up epochs" if cfg.warmup_epochs else ""), quiet)
             _evaluate(s, run_dir, rows[0], log)
             log.rows(rows)
             _log(f"epoch 0 (random init): kNN top-1 {rows[0]['knn_top1']:.4f} (k=1: {rows[0]['knn1_top1']:.4f})",
                  quiet)
+            pixels = _pixel_baselines(s, run_dir, quiet)
         distributed.barrier()
 
     done_steps = start_epoch_done * s.steps_per_epoch + (in_epoch["done"] if in_epoch else 0)
@@ -466,7 +520,8 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
     return {"run_dir": str(run_dir), "finished": finished, "epoch": rows[-1]["epoch"],
             "knn_top1": evaluated[-1]["knn_top1"] if evaluated else None,
             "knn_top1_init": rows[0].get("knn_top1"), "seconds": seconds, "stopped": stopped,
-            "collapse_alarm": any(r.get("collapse_alarm") for r in rows), "metrics": rows, "main": main}
+            "collapse_alarm": any(r.get("collapse_alarm") for r in rows), "metrics": rows, "main": main,
+            "pixels": pixels}
 
 
 # what other modules take from here (the loop's pieces live in .epochs)

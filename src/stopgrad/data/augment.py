@@ -4,8 +4,8 @@ One call makes every view of a (N, C, H, W) uint8 batch in a handful of kernels:
 all views are drawn at once (:func:`sample_params`), then applied to all views together
 (:func:`apply_params`): random-resized crop and resize in one ``torchvision.ops.roi_align`` call
 that reads each view straight from its source image (no copy of the batch per view), horizontal
-flip, colour jitter, grayscale, Gaussian blur as a per-sample separable convolution, and
-normalisation.
+flip, colour jitter, grayscale, Gaussian blur as a per-sample separable convolution, random
+erasing (off unless a recipe asks for it), and normalisation.
 
 The parameters follow torchvision's per-image transforms (``RandomResizedCrop``,
 ``RandomHorizontalFlip``, ``ColorJitter``, ``RandomGrayscale``, ``GaussianBlur``) in distribution:
@@ -19,6 +19,7 @@ shrunk, averages ceil(crop/output) samples per pixel and axis, in place of antia
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -53,6 +54,12 @@ class AugmentRecipe:
     gray_p: float = 0.2
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    # random erasing (torchvision's RandomErasing, applied last, before normalisation): with probability
+    # erase_p a rectangle of erase_scale of the area and aspect ratio in erase_ratio is set to erase_value
+    erase_p: float = 0.0
+    erase_scale: tuple[float, float] = (0.02, 0.33)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
+    erase_value: float = 0.0
 
 
 RECIPES = {
@@ -65,6 +72,15 @@ RECIPES = {
     # colour, so jitter is brightness and contrast only (see docs/recipes.md, "The default recipe, measured").
     "fashion-mnist": AugmentRecipe(crop_scale=(0.25, 1.0), jitter=(0.4, 0.4, 0.0, 0.0), gray_p=0.0),
 }
+# Variants of the Fashion-MNIST recipe, one change each (docs/recipes.md, "The CPU recipe sweep")
+_FMNIST = RECIPES["fashion-mnist"]
+RECIPES.update({
+    "fashion-mnist-crop08": dataclasses.replace(_FMNIST, crop_scale=(0.08, 1.0)),
+    "fashion-mnist-crop50": dataclasses.replace(_FMNIST, crop_scale=(0.5, 1.0)),
+    "fashion-mnist-blur": dataclasses.replace(_FMNIST, blur_p=0.5),
+    "fashion-mnist-erase": dataclasses.replace(_FMNIST, erase_p=0.5),
+    "fashion-mnist-crop08-erase": dataclasses.replace(_FMNIST, crop_scale=(0.08, 1.0), erase_p=0.5),
+})
 
 
 def _uniform(shape, low: float, high: float, g: torch.Generator | None, device) -> torch.Tensor:
@@ -112,6 +128,7 @@ class ViewParams:
     hue: torch.Tensor
     gray: torch.Tensor  # (M,) bool
     sigma: torch.Tensor
+    erase: torch.Tensor | None = None  # (M, 4) erased boxes (x0, y0, x1, y1) in output pixels; empty: none
 
     def __len__(self) -> int:
         return len(self.flip)
@@ -182,7 +199,53 @@ def sample_params(m: int, recipe: AugmentRecipe, height: int, width: int, g=None
     gray = _bernoulli(m, recipe.gray_p, g, device)
     sigma = _uniform(m, *recipe.blur_sigma, g, device)
     sigma = torch.where(_bernoulli(m, recipe.blur_p, g, device), sigma, 0.0)
-    return ViewParams(boxes, flip, brightness, contrast, saturation, hue, gray, sigma)
+    erase = sample_erase_boxes(m, height, width, recipe, g, device) if recipe.erase_p > 0 else None
+    return ViewParams(boxes, flip, brightness, contrast, saturation, hue, gray, sigma, erase)
+
+
+def sample_erase_boxes(m: int, height: int, width: int, recipe: AugmentRecipe, g=None, device=None,
+                       attempts: int = 10) -> torch.Tensor:
+    """(M, 4) boxes for random erasing, drawn as ``torchvision.transforms.RandomErasing`` does.
+
+    With probability ``recipe.erase_p`` a view tries up to ``attempts`` (area, log-uniform aspect
+    ratio) draws and keeps the first that fits strictly inside the image; views not erased, or with
+    no draw that fits, get an empty box (0, 0, 0, 0). The sizes are those of the views, which
+    :func:`apply_params` makes at the source images' side unless a ``size`` is given: the boxes are
+    fractions of the area, so :func:`apply_params` rescales them to its output side.
+
+    >>> from stopgrad.data.augment import sample_erase_boxes
+    >>> g = torch.Generator().manual_seed(0)
+    >>> recipe = sg.AugmentRecipe(erase_p=1.0)
+    >>> boxes = sample_erase_boxes(4, 28, 28, recipe, g)
+    >>> boxes.shape, bool(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) <= 0.33 * 28 * 28).all())
+    (torch.Size([4, 4]), True)
+    """
+    area = _uniform((m, attempts), *recipe.erase_scale, g, device) * (height * width)
+    log_ratio = _uniform((m, attempts), math.log(recipe.erase_ratio[0]), math.log(recipe.erase_ratio[1]), g, device)
+    r = log_ratio.exp()
+    h = (area * r).sqrt().round()
+    w = (area / r).sqrt().round()
+    fits = (w > 0) & (w < width) & (h > 0) & (h < height)
+    first = fits.to(torch.uint8).argmax(1, keepdim=True)
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    apply = fits.any(1) & _bernoulli(m, recipe.erase_p, g, device)
+    x0 = (torch.rand(m, device=device, generator=g) * (width - w + 1)).floor()
+    y0 = (torch.rand(m, device=device, generator=g) * (height - h + 1)).floor()
+    boxes = torch.stack((x0, y0, x0 + w, y0 + h), dim=1)
+    return torch.where(apply[:, None], boxes, 0.0)
+
+
+def _erase(x: torch.Tensor, boxes: torch.Tensor, source_height: int, source_width: int, value: float) -> torch.Tensor:
+    """Set each view's box (in source pixels, rescaled to the view's side) to ``value``."""
+    n, _, hgt, wid = x.shape
+    b = boxes.to(x.dtype) * torch.tensor([wid / source_width, hgt / source_height] * 2, device=x.device,
+                                         dtype=x.dtype)
+    xs = torch.arange(wid, device=x.device, dtype=x.dtype) + 0.5
+    ys = torch.arange(hgt, device=x.device, dtype=x.dtype) + 0.5
+    inside_x = (xs[None] >= b[:, 0:1]) & (xs[None] < b[:, 2:3])  # (N, W)
+    inside_y = (ys[None] >= b[:, 1:2]) & (ys[None] < b[:, 3:4])  # (N, H)
+    mask = inside_y[:, None, :, None] & inside_x[:, None, None, :]
+    return x.masked_fill(mask, value)
 
 
 def _crop_resize(x: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor, size: int) -> torch.Tensor:
@@ -290,6 +353,8 @@ def apply_params(x: torch.Tensor, params: ViewParams, recipe: AugmentRecipe, siz
         y = torch.where(params.gray.view(-1, 1, 1, 1), _gray(y).expand_as(y), y)
     if recipe.blur_p > 0:
         y = _blur(y, params.sigma)
+    if recipe.erase_p > 0 and params.erase is not None:
+        y = _erase(y, params.erase, x.shape[-2], x.shape[-1], recipe.erase_value)
     return y
 
 
@@ -362,5 +427,8 @@ def reference_transform(recipe: AugmentRecipe, size: int, mean, std, channels: i
         ops.append(T.RandomGrayscale(recipe.gray_p))
     if recipe.blur_p > 0:
         ops.append(T.RandomApply([T.GaussianBlur(blur_kernel_size(size), recipe.blur_sigma)], p=recipe.blur_p))
-    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    ops.append(T.ToTensor())
+    if recipe.erase_p > 0:
+        ops.append(T.RandomErasing(recipe.erase_p, recipe.erase_scale, recipe.erase_ratio, recipe.erase_value))
+    ops.append(T.Normalize(mean, std))
     return T.Compose(ops)

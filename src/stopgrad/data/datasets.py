@@ -10,9 +10,12 @@ is reachable) go through torchvision, which verifies checksums.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import math
 import os
 import pickle
 import socket
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,6 +64,7 @@ class ImageData:
     std: tuple[float, ...]
     classes: tuple[str, ...] | None = None  # class names, label i is classes[i], where known
     skipped: tuple[str, ...] = ()  # why each unreadable file was left out (image folders)
+    notes: tuple[str, ...] = ()  # what a user should know about the files (e.g. not the official release)
 
     @property
     def channels(self) -> int:
@@ -98,18 +102,57 @@ def _download(what: str, fetch) -> None:
 
 # ---------------------------------------------------------------- Fashion-MNIST (IDX)
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped): magic 0x0000 TYPE NDIM, big-endian sizes, data."""
+    """Read an IDX file (optionally gzipped): magic 0x0000 TYPE NDIM, big-endian sizes, data.
+
+    Only unsigned-byte files (TYPE 0x08) are read. A file that is not gzip when its name says so,
+    has another magic number, declares sizes that do not match its length, or is truncated is a
+    :class:`DataError` naming the file; nothing larger than the file itself is ever allocated.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path} cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
+                        "replace it with an intact copy") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file")
+        raise DataError(f"{path} is not an unsigned-byte IDX file (wrong magic number); "
+                        "replace it with an intact copy")
     ndim = raw[3]
+    if not 1 <= ndim <= 4 or len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is not a valid IDX file ({ndim} dimensions declared in a {len(raw)}-byte file)")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise DataError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {data.size}")
-    return data.reshape(shape)
+    expected, found = math.prod(shape), len(raw) - 4 - 4 * ndim  # Python ints: no overflow
+    if expected != found:
+        what = "truncated" if expected > found else "longer than its header says"
+        raise DataError(f"{path} is {what}: its header declares {'x'.join(map(str, shape))} = {expected} values, "
+                        f"the file holds {found}; replace it with an intact copy")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+
+
+def check_images_and_labels(images: np.ndarray, labels: np.ndarray, where: str, num_classes: int | None = None
+                            ) -> None:
+    """One-line :class:`DataError` unless ``images`` (N, ...) and ``labels`` (N,) describe one labelled split.
+
+    ``where`` names the file(s) in the message; labels must be whole numbers in [0, num_classes)
+    (non-negative when ``num_classes`` is None).
+    """
+    if labels.ndim != 1:
+        raise DataError(f"{where}: labels must be one number per image, found an array of shape {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels; the files do not belong together")
+    if len(labels) == 0:
+        raise DataError(f"{where}: no images")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: labels must be whole numbers, found {labels.dtype}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        allowed = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+        raise DataError(f"{where}: labels range over {low}..{high}, expected {allowed}")
 
 
 def _find_idx(dirs: list[Path], stem: str) -> Path | None:
@@ -139,7 +182,15 @@ def load_fashion_mnist(data_dir: str | None = None, download: bool = True) -> Im
     if None in paths:
         raise DataError(f"Fashion-MNIST IDX files not found in {', '.join(map(str, dirs))}: install them with "
                         "`sudo apt-get install dataset-fashion-mnist` or pass --data-dir")
-    tx, ty, vx, vy = (torch.from_numpy(read_idx(p).copy()) for p in paths)
+    arrays = [read_idx(p) for p in paths]
+    for images, labels, (ip, lp) in ((arrays[0], arrays[1], paths[:2]), (arrays[2], arrays[3], paths[2:])):
+        if images.ndim != 3 or min(images.shape[1:]) == 0:
+            raise DataError(f"{ip} must hold images (N, H, W), found shape {images.shape}; "
+                            "replace it with an intact copy")
+        check_images_and_labels(images, labels, f"{ip} / {lp.name}", len(FASHION_MNIST_CLASSES))
+    if arrays[0].shape[1:] != arrays[2].shape[1:]:
+        raise DataError(f"{paths[0]} holds {arrays[0].shape[1:]} images but {paths[2]} holds {arrays[2].shape[1:]}")
+    tx, ty, vx, vy = (torch.from_numpy(a.copy()) for a in arrays)
     return ImageData("fashion-mnist", tx[:, None], ty.long(), vx[:, None], vy.long(),
                      mean=(0.2860,), std=(0.3530,), classes=FASHION_MNIST_CLASSES)
 
@@ -155,17 +206,92 @@ _CIFAR = {
 }
 
 
-def _read_cifar_batches(folder: Path, names: list[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles what the official CIFAR batches hold and nothing else: dicts, lists, strings, bytes,
+    numbers and numpy arrays. Any other global (a function, a class: what a crafted pickle calls to
+    run code) is refused before it is looked up, so no code in the file can run."""
+
+    # what numpy arrays pickle to (protocols 0-5, numpy 1 and 2), and Python 3's bytes at protocol < 3
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("core.multiarray", "_reconstruct"),
+               ("core.multiarray", "scalar"), ("core.numeric", "_frombuffer"), ("_codecs", "encode"),
+               ("builtins", "bytes"), ("__builtin__", "bytes")}
+
+    def find_class(self, module: str, name: str):
+        numpy_core = module.startswith(("numpy.core.", "numpy._core."))  # numpy 2 moved numpy.core to numpy._core
+        inner = module.removeprefix("numpy._").removeprefix("numpy.") if numpy_core else module
+        if (inner, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        if module == "numpy":
+            return getattr(np, name)
+        if not numpy_core:
+            return super().find_class(module, name)
+        core = getattr(np, "_core", None) or np.core
+        return getattr(getattr(core, inner.split(".")[1]), name)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_batch_file(path: Path):
+    """The content of one CIFAR python batch file, read by a restricted unpickler (no code runs).
+
+    Raises :class:`DataError` naming the file when it holds anything but plain data and numpy
+    arrays, or is not a readable pickle.
+    """
+    try:
+        with open(path, "rb") as f:
+            return _BatchUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        if "refused global" in str(exc):
+            raise DataError(f"{path} was refused: it asks to call {str(exc).removeprefix('refused global ')}, which "
+                            "a CIFAR batch never does, and loading it could run code; use the official "
+                            "python batches") from None
+        raise DataError(f"{path} is not a readable CIFAR batch (corrupt pickle: {_first_line(exc)})") from None
+    except Exception as exc:  # whatever a damaged stream makes the admitted constructors raise
+        raise DataError(f"{path} is not a readable CIFAR batch ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _read_cifar_batches(folder: Path, names: list[str], label_key: str, num_classes: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for name in names:
-        with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        path = folder / name
+        batch = load_batch_file(path)
+        if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
+            found = sorted(map(str, batch))[:6] if isinstance(batch, dict) else type(batch).__name__
+            raise DataError(f"{path} is not a CIFAR batch: expected a dict with 'data' and '{label_key}', found "
+                            f"{found}")
+        try:
+            data, labels = np.asarray(batch["data"]), np.asarray(batch[label_key])
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{path}: 'data' and '{label_key}' must be arrays ({_first_line(exc)})") from None
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DataError(f"{path}: 'data' must be uint8 rows of 3x32x32 = 3072 values, found {data.dtype} "
+                            f"of shape {data.shape}")
+        check_images_and_labels(data, labels, str(path), num_classes)
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(labels.astype(np.int64))
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
+def _official_md5(tv_name: str) -> dict[str, str]:
+    """File name -> md5 of the official release, from torchvision's data set definitions."""
+    import torchvision.datasets as tvd
+    cls = getattr(tvd, tv_name)
+    return {**dict(cls.train_list), **dict(cls.test_list), cls.meta["filename"]: cls.meta["md5"]}
+
+
 def load_cifar(name: str, data_dir: str | None = None, download: bool = True) -> ImageData:
+    """CIFAR-10/100 from the python batches, read with a restricted unpickler and checked.
+
+    Files that differ from the official release (by md5) are loaded after the same checks, and the
+    returned :class:`ImageData` says so in ``notes``.
+    """
     spec = _CIFAR[name]
     dirs = _data_dirs(data_dir, [CACHE / name])
 
@@ -179,25 +305,41 @@ def load_cifar(name: str, data_dir: str | None = None, download: bool = True) ->
     folder = locate()
     if folder is None and download:
         import torchvision.datasets as tvd
-        root = dirs[0]
+        from torchvision.datasets.utils import download_and_extract_archive
+        cls, root = getattr(tvd, spec["tv"]), dirs[0]
         hint = f"{name} batches ({spec['folder']}/) not found in {', '.join(map(str, dirs))}: pass --data-dir"
-        _download(hint, lambda: getattr(tvd, spec["tv"])(root, train=True, download=True))
+        _download(hint, lambda: download_and_extract_archive(cls.url, str(root), filename=cls.filename,
+                                                             md5=cls.tgz_md5))
         folder = locate()
     if folder is None:
         raise DataError(f"{name} batches ({spec['folder']}/) not found in {', '.join(map(str, dirs))}: "
                         "pass --data-dir pointing at the extracted python version")
-    tx, ty = _read_cifar_batches(folder, spec["train"], spec["label"])
-    vx, vy = _read_cifar_batches(folder, spec["test"], spec["label"])
-    return ImageData(name, tx, ty, vx, vy, spec["mean"], spec["std"], _cifar_classes(folder, spec["meta"]))
+    classes = 10 if name == "cifar10" else 100
+    tx, ty = _read_cifar_batches(folder, spec["train"], spec["label"], classes)
+    vx, vy = _read_cifar_batches(folder, spec["test"], spec["label"], classes)
+    official = _official_md5(spec["tv"])
+    changed = [n for n in spec["train"] + spec["test"] if _md5(folder / n) != official[n]]
+    notes = (f"{folder}: {len(changed)} of the batch files differ from the official {name} release "
+             f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); loaded after checking their "
+             "content",) if changed else ()
+    return ImageData(name, tx, ty, vx, vy, spec["mean"], spec["std"], _cifar_classes(folder, spec["meta"], classes),
+                     notes=notes)
 
 
-def _cifar_classes(folder: Path, meta: tuple[str, str]) -> tuple[str, ...] | None:
-    """Class names from the batches' meta file, when it is there."""
-    try:
-        with open(folder / meta[0], "rb") as f:
-            return tuple(pickle.load(f, encoding="latin1")[meta[1]])
-    except (OSError, KeyError, pickle.UnpicklingError, EOFError):
+def _cifar_classes(folder: Path, meta: tuple[str, str], count: int) -> tuple[str, ...] | None:
+    """Class names from the batches' meta file, when it is there and holds ``count`` names."""
+    if not (folder / meta[0]).is_file():
         return None
+    try:
+        names = load_batch_file(folder / meta[0])
+    except DataError as exc:
+        if "was refused" in str(exc):  # carrying code is an error, as for a batch
+            raise
+        return None
+    names = names.get(meta[1]) if isinstance(names, dict) else None
+    if not isinstance(names, (list, tuple)) or len(names) != count or not all(isinstance(n, str) for n in names):
+        return None  # names are a nicety: a meta file without them is ignored
+    return tuple(names)
 
 
 # ---------------------------------------------------------------- scikit-learn digits

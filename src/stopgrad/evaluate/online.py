@@ -78,4 +78,26 @@ def projection_dim(model, channels: int, size: int, device) -> int:
         return int(module(x).shape[1])
 
 
-__all__ = ["CollapseAlarm", "collapse_level", "evaluate_run", "projection_dim"]
+
+# the evaluation group of the config (stopgrad.config.OPTION_GROUPS): its keys, validated by check_options
+OPTIONS = ("eval_every", "knn_k", "knn_temperature", "eval_geometry", "collapse_threshold", "collapse_patience",
+           "stop_on_collapse", "pixel_baselines")
+
+
+def check_options(cfg) -> None:
+    """Validate the evaluation group of a :class:`~stopgrad.config.Config` (:data:`OPTIONS`); raises ConfigError."""
+    from ..config import ConfigError
+
+    for key in ("eval_every", "knn_k", "collapse_patience"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
+    if not cfg.knn_temperature > 0:
+        raise ConfigError(f"knn_temperature must be positive, got {cfg.knn_temperature}")
+    for key in ("eval_geometry", "stop_on_collapse", "pixel_baselines"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise ConfigError(f"{key} must be true or false, got {getattr(cfg, key)!r}")
+    if not cfg.collapse_threshold >= 0:
+        raise ConfigError(f"collapse_threshold must be >= 0 (0 turns the alarm off), got {cfg.collapse_threshold}")
+
+
+__all__ = ["CollapseAlarm", "check_options", "collapse_level", "evaluate_run", "projection_dim"]

@@ -41,7 +41,7 @@ class LoadedRun:
 
 def load_run(run_dir: Path, device: str | None = None, whole_model: bool = False) -> LoadedRun:
     """Config, data and weights of a run; ``whole_model`` also loads the heads (from the checkpoint)."""
-    from ..backbones import build_backbone
+    from ..backbones import backbone_for
     from ..runs import (BACKBONE_FILE, CHECKPOINT, check_checkpoint, load_backbone_state, load_checkpoint,
                         load_model_state, read_config)
     from ..train import new_model, pick_device, training_images
@@ -61,7 +61,7 @@ def load_run(run_dir: Path, device: str | None = None, whole_model: bool = False
         check_checkpoint(state, cfg, run_dir / CHECKPOINT)
         load_model_state(model, state["model"], run_dir / CHECKPOINT)
         return LoadedRun(cfg, data, train_x, train_y, model, model.backbone, CHECKPOINT)
-    backbone = build_backbone(cfg.backbone, data.channels, cfg.width)
+    backbone = backbone_for(cfg, data.channels)
     if has_backbone:
         state, source = load_backbone_state(run_dir / BACKBONE_FILE), BACKBONE_FILE
     else:
@@ -76,7 +76,23 @@ def load_run(run_dir: Path, device: str | None = None, whole_model: bool = False
 
 # the options of the evaluations whose options are all read here (linear and transfer pass theirs on
 # to their evaluator, whose signature rejects an unknown one)
-_OPTIONS = {"knn": {"ks", "temperature"}, "tsne": {"samples", "out"}, "geometry": {"pairs", "out"}}
+_OPTIONS = {"knn": {"ks", "temperature", "pixels"}, "tsne": {"samples", "out"}, "geometry": {"pairs", "out"}}
+
+
+def _pixels(run: LoadedRun, k: int, temperature: float, linear: bool = False, wd: float = 1.0, log=None) -> dict | None:
+    """The pixel baselines beside an evaluation (:mod:`.baselines`, cached): kNN with this k and T, or the
+    fast linear probe with this weight decay; None for images streamed from disk."""
+    from .baselines import pixel_baselines
+    if not isinstance(run.train_x, torch.Tensor) or not isinstance(run.data.test_x, torch.Tensor):
+        return None
+    if log is not None and linear:
+        log("pixels: the fast linear probe on the pixels (cached per data set after the first time)")
+    b = pixel_baselines(run.train_x.cpu(), run.train_y.cpu(), run.data.test_x, run.data.test_y, k, temperature,
+                        linear=linear, name=run.data.name, wd=wd)
+    if linear:
+        return {"protocol": "fast", "top1": b["linear_top1"], "top5": b["linear_top5"], "wd": wd}
+    return {"k": k, "temperature": temperature, **{key: b[key] for key in
+                                                   ("knn_top1", "knn1_top1", "centred_knn_top1", "centred_knn1_top1")}}
 
 
 def evaluate_saved(name: str, run_dir: Path, device: str | None = None, save: bool = True, log=None,
@@ -84,7 +100,9 @@ def evaluate_saved(name: str, run_dir: Path, device: str | None = None, save: bo
     """Run evaluation ``name`` (one of :data:`EVALUATIONS`) on a saved run; returns its result.
 
     Options per evaluation: knn ``ks`` (default (1, 200)), ``temperature``; linear ``protocol``
-    ("fast" / "paper") and that protocol's settings; transfer ``target`` (required), ``data_dir``,
+    ("fast" / "paper") and that protocol's settings; knn and linear ``pixels`` (default True: the
+    result's ``pixels`` holds the pixel baselines, :func:`stopgrad.pixel_baselines`, with the same
+    largest k and T, or the same fast probe; not for the paper protocol); transfer ``target`` (required), ``data_dir``,
     ``metric``, ``val_fraction``; tsne ``samples``, ``out`` (PNG path, default DIR/tsne.png);
     geometry ``pairs``.
 
@@ -136,9 +154,12 @@ def evaluate_saved(name: str, run_dir: Path, device: str | None = None, save: bo
                               run.cfg.image_size, ks, t)
         result.update(temperature=t, bank=len(run.train_x), queries=len(d.test_x),
                       scores={str(k): v for k, v in scores.items()})
+        if options.get("pixels", True):
+            result["pixels"] = _pixels(run, max(ks), t)
     elif name == "linear":
         from .linear import PROTOCOLS, linear_probe
         protocol = options.pop("protocol", "fast")
+        with_pixels = options.pop("pixels", True) and protocol == "fast"
         if protocol not in PROTOCOLS:
             raise ConfigError(f"unknown linear protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         if protocol == "paper":
@@ -148,6 +169,9 @@ def evaluate_saved(name: str, run_dir: Path, device: str | None = None, save: bo
                                   "that is not streamed (--no-stream at training time)")
         result.update(linear_probe(run.backbone, run.train_x, run.train_y, d.test_x, d.test_y, d.mean, d.std,
                                    run.cfg.image_size, protocol, **options))
+        if with_pixels:
+            result["pixels"] = _pixels(run, run.cfg.knn_k, run.cfg.knn_temperature, linear=True,
+                                       wd=options.get("wd", 1.0), log=log)
     elif name == "transfer":
         from .transfer import load_target, transfer
         target = options.pop("target", None)

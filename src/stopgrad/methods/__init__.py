@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from .. import heads
-from ..backbones import build_backbone
+from ..backbones import backbone_for
 from .siamese import Siamese
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def build_method(cfg: "Config", in_channels: int) -> nn.Module:
 
 def backbone_and_heads(cfg: "Config", in_channels: int, predictor: bool = True):
     """(backbone, projector, predictor or None) of ``cfg``'s backbone and head preset."""
-    net = build_backbone(cfg.backbone, in_channels, cfg.width)
+    net = backbone_for(cfg, in_channels)
     shape = heads.HEAD_PRESETS[cfg.heads]
     proj = heads.projector(net.feature_dim, shape["projector"])
     pred = heads.predictor(shape["projector"][-1], shape["predictor"]) if predictor else None

@@ -44,7 +44,7 @@ class BarlowTwins(InBatchContrastive):
 
 def build(cfg, in_channels: int) -> BarlowTwins:
     from .. import heads
-    from ..backbones import build_backbone
+    from ..backbones import backbone_for
     two_views_only(cfg)
-    net = build_backbone(cfg.backbone, in_channels, cfg.width)
+    net = backbone_for(cfg, in_channels)
     return BarlowTwins(net, heads.expander(net.feature_dim, heads.expander_sizes(cfg.heads)), cfg.bt_lambda)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..backbones import build_backbone
+from ..backbones import backbone_for
 from ..losses import info_nce_in_batch
 from .common import InBatchContrastive
 
@@ -52,5 +52,5 @@ class DirectCLR(InBatchContrastive):
 
 
 def build(cfg, in_channels: int) -> DirectCLR:
-    return DirectCLR(build_backbone(cfg.backbone, in_channels, cfg.width), cfg.directclr_dim, cfg.temperature,
+    return DirectCLR(backbone_for(cfg, in_channels), cfg.directclr_dim, cfg.temperature,
                      cfg.eqco_alpha)

@@ -140,7 +140,7 @@ def build(cfg, in_channels: int, num_images: int | None = None) -> InstDisc:
     ``num_images``: training images (bank rows); default ``cfg.train_subset``, else the bank is
     empty until ``set_num_images``.
     """
-    from ..backbones import build_backbone
-    net = build_backbone(cfg.backbone, in_channels, cfg.width)
+    from ..backbones import backbone_for
+    net = backbone_for(cfg, in_channels)
     return InstDisc(net, num_images if num_images is not None else cfg.train_subset, cfg.temperature,
                     cfg.num_negatives or NEGATIVES_DEFAULT, cfg.bank_momentum, cfg.eqco_alpha)

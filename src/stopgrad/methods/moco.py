@@ -299,9 +299,9 @@ def require_two_views(cfg) -> None:
 
 def build_v2(cfg, in_channels: int) -> MoCoV2:
     """MoCo v2 from ``cfg`` (reads temperature, num_negatives, eqco_alpha, heads, backbone, width)."""
-    from ..backbones import build_backbone
+    from ..backbones import backbone_for
     require_two_views(cfg)
-    net = build_backbone(cfg.backbone, in_channels, cfg.width)
+    net = backbone_for(cfg, in_channels)
     proj = moco_projector(net.feature_dim, heads.HEAD_PRESETS[cfg.heads]["projector"][:-1])
     return MoCoV2(net, proj, cfg.temperature, cfg.num_negatives or QUEUE_DEFAULT, cfg.eqco_alpha)
 

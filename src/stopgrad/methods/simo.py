@@ -86,9 +86,9 @@ class SiMo(MomentumContrast):
 
 def build(cfg, in_channels: int) -> SiMo:
     """SiMo from ``cfg`` (reads temperature, num_negatives, eqco_alpha, heads, backbone, width)."""
-    from ..backbones import build_backbone
+    from ..backbones import backbone_for
     from .moco import require_two_views
     require_two_views(cfg)
-    net = build_backbone(cfg.backbone, in_channels, cfg.width)
+    net = backbone_for(cfg, in_channels)
     proj = moco_projector(net.feature_dim, heads.HEAD_PRESETS[cfg.heads]["projector"][:-1], batch_norm=True)
     return SiMo(net, proj, cfg.temperature, cfg.num_negatives, cfg.eqco_alpha)

@@ -43,9 +43,9 @@ class TWIST(InBatchContrastive):
 
 def build(cfg, in_channels: int) -> TWIST:
     from .. import heads
-    from ..backbones import build_backbone
+    from ..backbones import backbone_for
     two_views_only(cfg)
-    net = build_backbone(cfg.backbone, in_channels, cfg.width)
+    net = backbone_for(cfg, in_channels)
     hidden = heads.HEAD_PRESETS[cfg.heads]["projector"]
     head = heads.mlp([net.feature_dim, *hidden, cfg.twist_classes], last_bn=True, last_bn_affine=False)
     return TWIST(net, head)

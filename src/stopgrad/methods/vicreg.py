@@ -13,11 +13,13 @@ Expander (:func:`stopgrad.heads.expander`): Linear-BN-ReLU, Linear-BN-ReLU, Line
 in the authors' code; ``--heads vicreg`` gives the paper's 8192-8192-8192, the default ``small``
 preset 512-512-512.
 
-Deviations from the paper: SGD with the run's schedule rather than LARS, and so a learning rate of
-0.05 by default (``config.METHOD_LR``): with plain SGD at the default 0.2 the unnormalised expander
-output grows, the covariance term (fourth power of that scale) explodes and the run diverges
-within a few dozen steps on Fashion-MNIST; LARS's per-layer step bound prevents this for the
-authors. Two views only.
+Optimiser: the paper's by default (:data:`stopgrad.optim.METHOD_DEFAULTS`): LARS with biases and
+norm parameters excluded from adaptation and weight decay, base lr 0.2 x batch / 256
+(``lr_scaling: linear``), weight decay 1e-6; the run's schedule (cosine by default; the paper warms
+up for 10 of 1000 epochs, ``--warmup-epochs``). With ``--optimizer sgd`` the default lr is 0.05:
+with plain SGD at 0.2 the unnormalised expander output grows, the covariance term (fourth power of
+that scale) explodes and the run diverges within a few dozen steps on Fashion-MNIST; LARS's
+per-layer step bound prevents this. Deviation: two views only.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ class VICReg(InBatchContrastive):
 
 def build(cfg, in_channels: int) -> VICReg:
     from .. import heads
-    from ..backbones import build_backbone
+    from ..backbones import backbone_for
     two_views_only(cfg)
-    net = build_backbone(cfg.backbone, in_channels, cfg.width)
+    net = backbone_for(cfg, in_channels)
     return VICReg(net, heads.expander(net.feature_dim, heads.expander_sizes(cfg.heads)), cfg.vicreg_weights)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import Report, markdown_table, mean_std
 from .gsg import LINEAR, PAPER as GSG_PAPER, configuration, device_note, label
-from .training import cell, plot_curves, run_configurations, values
+from .training import cell, pixel_rows, plot_curves, run_configurations, values
 
 TITLE = "SimSiam and BYOL with and without guided stop-gradient: kNN (k = 1, 200) and linear accuracy"
 PAPER = GSG_PAPER + ", Table 1 (and Figure 6)"
@@ -84,6 +84,7 @@ def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
                      f"{paper[0]} / {paper[1]}"])
     init = by[VARIANTS[0]]
     rows.append(["random init (same backbone)", cell(init, "init.knn1_top1"), cell(init, "init.knn_top1"), "–", "–"])
+    rows += pixel_rows(init, {"1": "knn1_top1", "2": "knn_top1", "3": "linear_top1"}, 5)
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
     head = markdown_table(["method", "kNN top-1, k = 1 (%)", f"kNN top-1, k = {k} (%)",
                            f"linear top-1 ({configs[0]['linear']}, %)", "paper, CIFAR-10: kNN (k = 1) / linear"], rows)

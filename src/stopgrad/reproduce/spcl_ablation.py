@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import Report, markdown_table, mean_std
 from .gsg import device_note
-from .training import cell, run_configurations, values
+from .training import cell, pixel_rows, run_configurations, values
 
 TITLE = "SPCL loss ablation: contrastive, metric and prototype weights; kNN top-1, TP and FN similarity"
 PAPER = "Mo, Sun and Li, Siamese Prototypical Contrastive Learning (BMVC 2021), Table 2"
@@ -102,6 +102,7 @@ def _table(configs: list[dict], seeds: list[int]) -> str:
                      cell(c, "fn_similarity", 1.0, 3)])
     init = configs[0]
     rows.append(["random init (same backbone)", "–", "–", "–", cell(init, "init.knn_top1"), "–", "–"])
+    rows += pixel_rows(init, {"4": "knn_top1"}, 7)
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
     k = configs[0]["overrides"].get("knn_k", 200)
     head = markdown_table(["configuration", "λ_c (contrastive)", "λ_m (metric)", "λ_p (prototype)",

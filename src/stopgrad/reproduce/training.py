@@ -71,12 +71,16 @@ def train_job(job: dict) -> dict:
               "images_per_second": round(sum(r.get("images_per_second", 0) for r in rows[1:]) / max(len(rows) - 1, 1), 1),
               "collapse_alarm": result["collapse_alarm"],
               "init": {k: rows[0].get(k) for k in ("knn_top1", "knn1_top1")},
+              "pixels": {k: v for k, v in (result.get("pixels") or {}).items()
+                         if k in ("knn_top1", "knn1_top1", "centred_knn_top1", "centred_knn1_top1", "linear_top1")},
               **{k: final.get(k) for k in FINAL_KEYS},
               "tp_similarity": rows[-1].get("tp_similarity"), "fn_similarity": rows[-1].get("fn_similarity"),
               "curve": [{k: r.get(k) for k in CURVE_KEYS} for r in evaluated]}
     if job.get("linear"):
         lin = evaluate_saved("linear", run_dir, protocol=job["linear"], **job.get("linear_options", {}))
         record["linear"] = {k: lin[k] for k in ("protocol", "top1", "top5", "seconds")}
+        if lin.get("pixels"):  # the same fast probe on the pixels (cached per data set)
+            record["pixels"]["linear_top1"] = lin["pixels"]["top1"]
     if job.get("tsne"):
         tsne = evaluate_saved("tsne", run_dir, samples=job.get("tsne_samples", 2000))
         record["tsne"] = tsne["figure"]
@@ -136,6 +140,33 @@ def cell(config: dict, key: str, scale: float = 100.0, digits: int = 2) -> str:
     return format_mean_std(v, digits) if v else "–"
 
 
+def pixel_cell(config: dict, key: str, scale: float = 100.0, digits: int = 2) -> str:
+    """A pixel baseline (``pixels.KEY`` of the runs, :mod:`stopgrad.evaluate.baselines`): one number when
+    every seed's bank is the same (no ``train_subset``), else mean ± std over seeds; "–" when not computed."""
+    v = values(config, f"pixels.{key}", scale)
+    if v and max(v) - min(v) < 1e-12:
+        return f"{v[0]:.{digits}f}"
+    return cell(config, f"pixels.{key}", scale, digits)
+
+
+def pixel_rows(config: dict, columns: dict[str, str], width: int) -> list[list[str]]:
+    """Two table rows, "pixels" (raw) and "pixels, mean-centred": ``columns`` maps a column index (as a
+    string) to the pixel key of the raw row (``knn_top1``, ``knn1_top1``, ``linear_top1``); the other cells
+    are "–". Empty when the runs hold no pixel baselines."""
+    if not values(config, "pixels.knn_top1"):
+        return []
+    rows = []
+    for name, prefix in (("pixels (raw, same kNN / probe)", ""), ("pixels, mean-centred", "centred_")):
+        row = [name] + ["–"] * (width - 1)
+        for column, key in columns.items():
+            if key.startswith("knn"):
+                row[int(column)] = pixel_cell(config, prefix + key)
+            elif not prefix:  # the linear probe: on the raw pixels only
+                row[int(column)] = pixel_cell(config, key)
+        rows.append(row)
+    return rows
+
+
 def curve(config: dict, key: str, scale: float = 100.0) -> tuple[list[int], list[float], list[float]]:
     """(epochs, mean, std) over seeds of a per-epoch key, on the epochs every seed evaluated."""
     per_seed = [{p["epoch"]: p.get(key) for p in run["curve"]} for run in config["runs"]]
@@ -185,5 +216,5 @@ def collapse_status(run: dict, num_classes: int = 10, margin: float = 0.05) -> s
     return "learned"
 
 
-__all__ = ["CURVE_KEYS", "FINAL_KEYS", "cell", "chance", "collapse_status", "curve", "plot_curves",
-           "run_configurations", "train_job", "values"]
+__all__ = ["CURVE_KEYS", "FINAL_KEYS", "cell", "chance", "collapse_status", "curve", "pixel_cell", "pixel_rows",
+           "plot_curves", "run_configurations", "train_job", "values"]
