@@ -227,7 +227,7 @@ def test_torchrun_restart_after_a_killed_worker_continues_the_run_exactly(tmp_pa
     import signal
 
     from safetensors.torch import load_file
-    args = ["train", *TINY, "--epochs", "12", "--eval-every", "4", "--checkpoint-every", "3", "--auto-resume"]
+    args = ["train", *TINY, "--epochs", "6", "--eval-every", "3", "--checkpoint-every", "3", "--auto-resume"]
     whole = torchrun(*args, "--out", str(tmp_path / "whole"))
     _, err = whole.communicate(timeout=300)
     assert whole.returncode == 0, err
@@ -245,7 +245,7 @@ def test_torchrun_restart_after_a_killed_worker_continues_the_run_exactly(tmp_pa
     killed_at = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert max(killed_at) < 12, "the kill came after the run had finished"
+    assert max(killed_at) < 6, "the kill came after the run had finished"
     assert out.count("kNN top-1:") == 1  # one finished run, reported once
     assert _worker_pids(proc.pid) == {}  # (the agent is gone; nothing is left behind)
 
