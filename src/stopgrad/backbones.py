@@ -145,11 +145,11 @@ SMALL_CNN_VARIANTS = {
 BACKBONES = BACKBONES + tuple(SMALL_CNN_VARIANTS)
 
 
-# the model group of the config (stopgrad.config.OPTION_GROUPS): its keys, validated by check_backbone_options
+# the model group of the config (stopgrad.config.OPTION_GROUPS): its keys, validated by check_options
 OPTIONS = ("backbone", "width", "heads", "small_input", "freeze_patch_embed")
 
 
-def check_backbone_options(cfg) -> None:
+def check_options(cfg) -> None:
     """Validate the model group of a :class:`~stopgrad.config.Config` (:data:`OPTIONS`); raises ConfigError."""
     from .config import ConfigError
     from .heads import HEAD_PRESETS
@@ -182,10 +182,6 @@ LIST_COMMANDS = {
     "timm": 'python -c "import timm; print(timm.list_models())"',
 }
 SMALL_SIDE = 64  # small_input None: on for images of this side or smaller
-# the side of the views when the config leaves image_size to the data set (image folders: load_folder's 64)
-DATASET_SIDES = {"fashion-mnist": 28, "digits": 8, "cifar10": 32, "cifar100": 32}
-FOLDER_SIDE = 64
-DATASET_CHANNELS = {"fashion-mnist": 1, "digits": 1, "cifar10": 3, "cifar100": 3}  # image folders: RGB
 # vit-tiny: a 4x4 grid of patches (patch side ceil(image / 4)), DeiT-Tiny's layout scaled down for CPUs
 VIT_TINY = {"num_layers": 4, "num_heads": 4, "hidden_dim": 128, "mlp_dim": 256}
 TIMM_SMALL_PATCH = 4  # timm ViTs with small_input: 4-pixel patches (7x7 tokens at 28 px, 8x8 at 32 px)
@@ -228,14 +224,16 @@ class LibraryBackbone(nn.Module):
 
 def input_side(cfg) -> int:
     """The side of the images a run's backbone sees: ``image_size``, else the data set's."""
+    from .data.datasets import FOLDER_SIDE, SHAPES
     if cfg.image_size:
         return cfg.image_size
-    return DATASET_SIDES.get(cfg.dataset, FOLDER_SIDE)
+    return SHAPES[cfg.dataset][1] if cfg.dataset in SHAPES else FOLDER_SIDE
 
 
 def dataset_channels(cfg) -> int:
     """C of a run's images, from its data set's name (image folders are read as RGB)."""
-    return DATASET_CHANNELS.get(cfg.dataset, 3)
+    from .data.datasets import SHAPES
+    return SHAPES[cfg.dataset][0] if cfg.dataset in SHAPES else 3
 
 
 def backbone_for(cfg, in_channels: int) -> nn.Module:

@@ -66,9 +66,7 @@ def _group_module(name: str):
 
 
 def _group_check(name: str):
-    module = _group_module(name)
-    # the model group's validator is named for what it checks
-    return getattr(module, "check_backbone_options" if name == "model" else "check_options")
+    return _group_module(name).check_options
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,22 @@ class ViewParams:
         return len(self.flip)
 
 
+def _first_fitting_box(m: int, height: int, width: int, scale, ratio, attempts: int, g, device, inclusive: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torchvision's rejection rule for random boxes: per view, ``attempts`` draws of an area (a
+    ``scale`` fraction of height x width) and a log-uniform aspect ratio w/h in ``ratio``, rounded to
+    whole pixels; the first draw that fits (``inclusive``: up to the full side, else strictly inside).
+    Returns (w, h, found), each (M,); w and h are those of the first draw where none fits."""
+    area = _uniform((m, attempts), *scale, g, device) * (height * width)
+    log_ratio = _uniform((m, attempts), math.log(ratio[0]), math.log(ratio[1]), g, device)
+    r = log_ratio.exp()
+    w = (area * r).sqrt().round()
+    h = (area / r).sqrt().round()
+    fits = (w > 0) & (h > 0) & ((w <= width) & (h <= height) if inclusive else (w < width) & (h < height))
+    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # first fitting attempt (0 if none fits)
+    return w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], fits.any(1)
+
+
 def sample_crop_boxes(m: int, height: int, width: int, scale, ratio, g=None, device=None,
                       attempts: int = 10) -> torch.Tensor:
     """(M, 4) random-resized-crop boxes drawn as ``torchvision.transforms.RandomResizedCrop`` does.
@@ -142,14 +158,7 @@ def sample_crop_boxes(m: int, height: int, width: int, scale, ratio, g=None, dev
     pixels, and keeps the first that fits the image; boxes with none that fit fall back to the
     central crop of the largest box within the ratio range. The offset is uniform over whole pixels.
     """
-    area = _uniform((m, attempts), *scale, g, device) * (height * width)
-    log_ratio = _uniform((m, attempts), math.log(ratio[0]), math.log(ratio[1]), g, device)
-    r = log_ratio.exp()
-    w = (area * r).sqrt().round()
-    h = (area / r).sqrt().round()
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # first fitting attempt (0 if none fits)
-    w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], fits.any(1)
+    w, h, found = _first_fitting_box(m, height, width, scale, ratio, attempts, g, device, inclusive=True)
     # torchvision's fallback: the whole image, or the central crop at the nearest allowed ratio
     in_ratio = width / height
     if in_ratio < min(ratio):
@@ -220,15 +229,10 @@ def sample_erase_boxes(m: int, height: int, width: int, recipe: AugmentRecipe, g
     >>> boxes.shape, bool(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) <= 0.33 * 28 * 28).all())
     (torch.Size([4, 4]), True)
     """
-    area = _uniform((m, attempts), *recipe.erase_scale, g, device) * (height * width)
-    log_ratio = _uniform((m, attempts), math.log(recipe.erase_ratio[0]), math.log(recipe.erase_ratio[1]), g, device)
-    r = log_ratio.exp()
-    h = (area * r).sqrt().round()
-    w = (area / r).sqrt().round()
-    fits = (w > 0) & (w < width) & (h > 0) & (h < height)
-    first = fits.to(torch.uint8).argmax(1, keepdim=True)
-    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
-    apply = fits.any(1) & _bernoulli(m, recipe.erase_p, g, device)
+    # RandomErasing takes the ratio as height / width, RandomResizedCrop as width / height
+    h, w, found = _first_fitting_box(m, width, height, recipe.erase_scale, recipe.erase_ratio, attempts, g, device,
+                                     inclusive=False)
+    apply = found & _bernoulli(m, recipe.erase_p, g, device)
     x0 = (torch.rand(m, device=device, generator=g) * (width - w + 1)).floor()
     y0 = (torch.rand(m, device=device, generator=g) * (height - h + 1)).floor()
     boxes = torch.stack((x0, y0, x0 + w, y0 + h), dim=1)

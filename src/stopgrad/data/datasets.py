@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "digits", "folder:PATH")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stopgrad"
+# (channels, side) of the built-in data sets' images, for building a model without loading them;
+# image folders are read as RGB at --image-size, FOLDER_SIDE by default
+SHAPES = {"fashion-mnist": (1, 28), "digits": (1, 8), "cifar10": (3, 32), "cifar100": (3, 32)}
+FOLDER_SIDE = 64
 STREAM_BYTES = 2 * 1024 ** 3  # image folders whose decoded training split is larger stay on disk
 
 
@@ -447,7 +451,7 @@ def load_folder(path: str, image_size: int | None = None, stream: bool | None = 
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"image folder {path} does not exist; use --dataset folder:PATH with an existing folder")
-    size = image_size or 64
+    size = image_size or FOLDER_SIDE
     test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
         tx, ty, classes = _list_folder(root / "train", size, None)
