@@ -24,6 +24,8 @@ $py benchmarks/compare_policies.py --epochs 1 --markdown "$out/results-fashion-m
 $sg bench --no-channels-last --no-conventional --no-knn --json "$out/bench-nchw.json" > /dev/null
 $sg bench --compile --no-conventional --no-knn --json "$out/bench-compile.json" > /dev/null
 $sg bench --width 32 --no-conventional --no-knn --json "$out/bench-width32.json" > /dev/null
+# the batched augmentation against Kornia's (pip install kornia)
+$sg bench --kornia --no-conventional --no-knn --json "$out/bench-kornia.json" > /dev/null
 $sg train --epochs 1 --batch-size 64 --no-progress --out "$out/runs/batch64" > "$out/batch64.log"
 # decoding cost of streamed image folders
 $py benchmarks/decode.py > "$out/decode.md"

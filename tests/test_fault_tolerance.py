@@ -189,3 +189,29 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     subprocess.run([sys.executable, "-m", "stopgrad", "train", "--resume", str(tmp_path / "run"), "--no-progress"],
                    check=True, capture_output=True, timeout=300)
     same_run(metrics(tmp_path / "run"), metrics(tmp_path / "whole"))
+
+
+def test_a_run_of_steps_ends_mid_epoch_spans_its_schedule_and_resumes_exactly(tmp_path, digits, monkeypatch):
+    """``steps: 13`` at 8 steps per epoch: two epochs, the second of 5 steps; the cosine schedule ends at
+    zero on the last step; stopped in the short epoch and resumed, it is the uninterrupted run."""
+    cfg = build_config(overrides={**TINY, "steps": 13})
+    whole = train(cfg, tmp_path / "whole", quiet=True, progress=False, data=digits)
+    rows = whole["metrics"]
+    assert [r["step"] for r in rows] == [0, 8, 13] and whole["finished"] and whole["epoch"] == 2
+    assert rows[-1]["lr"] < 0.02 * rows[0]["lr"]  # the last step's lr: near the end of the cosine
+    assert "13 steps of batch 64" in (tmp_path / "whole" / "report.md").read_text()
+    assert "Status: finished" in (tmp_path / "whole" / "report.md").read_text()
+    monkeypatch.setattr("stopgrad.train.StopRequest", lambda: StopAfter(11))
+    with pytest.raises(Stopped, match="at epoch 2, step 3 of 5"):
+        train(cfg, tmp_path / "parts", quiet=True, progress=False, data=digits)
+    monkeypatch.undo()
+    train(cfg, tmp_path / "parts", resume=True, quiet=True, progress=False, data=digits)
+    same_run(metrics(tmp_path / "parts"), rows)
+    a = torch.load(tmp_path / "whole" / runs.CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "parts" / runs.CHECKPOINT, weights_only=True)
+    assert a["step"] == b["step"] == 13 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_steps_must_be_positive(run_cli, tmp_path):
+    code, _, err = run_cli("train", "--config", "digits/quick", "--steps", "0", "--out", str(tmp_path / "o"))
+    assert code == 2 and "steps must be positive" in err and not (tmp_path / "o").exists()

@@ -51,7 +51,8 @@ def test_byol_gsg_learns_on_fashion_mnist(tmp_path):
     Measured with this seed: 0.7345 at initialisation, 0.7612 after training (+2.67 points); the
     threshold asks for +1.5 points, about four standard errors of a 10,000-query accuracy.
     """
-    cfg = build_config(overrides={"epochs": 4, "batch_size": 64, "train_subset": 12000, "seed": 0})
+    cfg = build_config(overrides={"epochs": 4, "batch_size": 64, "train_subset": 12000, "seed": 0, "eval_every": 4,
+                                  "eval_geometry": False, "pixel_baselines": False})
     result = train(cfg, tmp_path / "run", quiet=True, progress=False, data=fashion_mnist())
     init, final = result["knn_top1_init"], result["knn_top1"]
     assert final > init + 0.015, (init, final)

@@ -164,10 +164,11 @@ def _flops(s, views, partners, g) -> tuple[float, float]:
 
 def bench(cfg: Config, data: ImageData | None = None, *, steps: int = 20, warmup: int = 3, rounds: int = 3,
           conventional: bool = True, workers: int | None = None, knn: bool = True,
-          knn_shape: tuple[int, int] = (60_000, 10_000), log=print) -> dict:
+          knn_shape: tuple[int, int] = (60_000, 10_000), kornia: bool = False, log=print) -> dict:
     """Benchmark ``cfg`` on its device; returns the figures as a dict (see the module docstring).
 
     Each rate is the median over ``rounds`` timings of ``steps`` steps, after ``warmup`` steps.
+    ``kornia``: also time Kornia's batched augmentation of the same views (``pip install kornia``).
     """
     s = build(cfg, data)
     dev, b = s.device, cfg.batch_size
@@ -195,6 +196,19 @@ def bench(cfg: Config, data: ImageData | None = None, *, steps: int = 20, warmup
     aug_s = _median_seconds(augment_all, dev, rounds)
     out["aug_img_per_s"] = round(b * steps / aug_s, 1)
     log(f"augmentation: {out['aug_img_per_s']:,.0f} img/s ({cfg.views} views each)")
+    if kornia:
+        pipeline = kornia_pipeline(recipe, cfg.image_size or s.train_x.shape[-1], d.mean, d.std, d.channels).to(dev)
+
+        def kornia_all() -> None:
+            for x in batches:
+                pipeline(x.float().div_(255).repeat(cfg.views, 1, 1, 1))
+
+        kornia_all()
+        k_s = _median_seconds(kornia_all, dev, rounds)
+        out["kornia_aug_img_per_s"] = round(b * steps / k_s, 1)
+        out["kornia_version"] = _kornia_version()
+        log(f"Kornia {out['kornia_version']} augmentation of the same views: {out['kornia_aug_img_per_s']:,.0f} img/s "
+            f"-> stopgrad's is {out['aug_img_per_s'] / out['kornia_aug_img_per_s']:.2f}x as fast")
 
     # the training loop itself (each call reads its statistics back, so it ends synchronised)
     train_epoch(s, 1, steps=warmup)
@@ -233,6 +247,39 @@ def bench(cfg: Config, data: ImageData | None = None, *, steps: int = 20, warmup
         log(f"kNN (k=200), {knn_shape[1]:,} queries x {knn_shape[0]:,} bank, {feature_dim}-d features: "
             f"{out['knn_seconds']} s")
     return out
+
+
+def _kornia_version() -> str:
+    import kornia
+    return kornia.__version__
+
+
+def kornia_pipeline(recipe, size: int, mean, std, channels: int) -> torch.nn.Module:
+    """Kornia's batched augmentation of ``recipe`` (random-resized crop, flip, colour jitter, grayscale,
+    blur, erasing, normalisation), for timing against :func:`stopgrad.data.augment.augment`.
+
+    Raises ConfigError with the install command when Kornia is missing."""
+    try:
+        import kornia.augmentation as K
+    except ImportError:
+        raise ConfigError("--kornia needs Kornia: pip install kornia") from None
+    ops = [K.RandomResizedCrop((size, size), scale=tuple(recipe.crop_scale), ratio=tuple(recipe.crop_ratio)),
+           K.RandomHorizontalFlip(p=recipe.flip_p)]
+    b, c, sat, h = recipe.jitter
+    if recipe.jitter_p > 0 and any(v > 0 for v in recipe.jitter):
+        ops.append(K.ColorJitter(b, c, sat if channels == 3 else 0.0, h if channels == 3 else 0.0, p=recipe.jitter_p))
+    if recipe.gray_p > 0 and channels == 3:
+        ops.append(K.RandomGrayscale(p=recipe.gray_p))
+    if recipe.blur_p > 0:
+        from .data.augment import blur_kernel_size
+        k = blur_kernel_size(size)
+        ops.append(K.RandomGaussianBlur((k, k), tuple(recipe.blur_sigma), p=recipe.blur_p))
+    if recipe.erase_p > 0:
+        ops.append(K.RandomErasing(scale=tuple(recipe.erase_scale), ratio=tuple(recipe.erase_ratio),
+                                   value=recipe.erase_value, p=recipe.erase_p))
+    ops.append(K.Normalize(torch.as_tensor(mean, dtype=torch.float32).view(-1),
+                           torch.as_tensor(std, dtype=torch.float32).view(-1)))
+    return K.AugmentationSequential(*ops)
 
 
 def _conventional(cfg: Config, d: ImageData, dev: torch.device, steps: int, warmup: int, rounds: int,
@@ -292,6 +339,8 @@ def format_table(r: dict) -> str:
     rows = [("device", r["device"]), ("configuration", f"{r['method']}+{r['stopgrad']}, {r['backbone']}, "
                                       f"{r['views']} views, batch {r['batch_size']}, images {r['image_shape']}"),
             ("augmentation", f"{r['aug_img_per_s']:,.0f} img/s"),
+            *([("Kornia augmentation (same views)", f"{r['kornia_aug_img_per_s']:,.0f} img/s")]
+              if "kornia_aug_img_per_s" in r else []),
             ("training step", f"{r['train_img_per_s']:,.0f} img/s (augmentation {100 * r['aug_share']:.1f}%)")]
     if "conventional_train_img_per_s" in r:
         rows.append(("conventional pipeline", f"{r['conventional_train_img_per_s']:,.0f} img/s "
@@ -304,5 +353,5 @@ def format_table(r: dict) -> str:
     return "\n".join(["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
 
 
-__all__ = ["bench", "synthetic_data", "conventional_model", "conventional_step", "PerImageViews",
+__all__ = ["bench", "kornia_pipeline", "synthetic_data", "conventional_model", "conventional_step", "PerImageViews",
            "matmul_tflops", "knn_seconds", "format_table"]

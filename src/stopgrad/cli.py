@@ -70,6 +70,9 @@ def _train_parser(sub) -> None:
                    help="with --out DIR: start the run when DIR is new or empty, continue it when DIR holds this "
                         "same run; the same command can be repeated after a failure (torchrun --max-restarts)")
     _config_flags(p)
+    p.add_argument("--steps", type=_whole_number,
+                   help="train this many steps instead of whole epochs (the schedules span them; the last epoch "
+                        "is cut short)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -415,13 +418,15 @@ def _bench_parser(sub) -> None:
     _config_flags(p)
     p.add_argument("--synthetic", metavar="CxHxW", help="random uint8 images of this shape instead of --dataset "
                                                          "(e.g. 3x32x32 for CIFAR-shaped throughput)")
-    p.add_argument("--steps", type=_positive_int, default=20, help="timed steps (default 20)")
+    p.add_argument("--steps", dest="timed_steps", type=_positive_int, default=20, help="timed steps (default 20)")
     p.add_argument("--warmup", type=_positive_int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--rounds", type=_positive_int, default=3, help="timings per figure; the median is reported")
     p.add_argument("--conventional-workers", type=int, metavar="N",
                    help="DataLoader workers of the conventional pipeline (default: the faster of half and all CPUs, up to 8)")
     p.add_argument("--no-conventional", action="store_true", help="skip the conventional pipeline")
     p.add_argument("--no-knn", action="store_true", help="skip the kNN timing")
+    p.add_argument("--kornia", action="store_true",
+                   help="also time Kornia's batched augmentation of the same views (pip install kornia)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     t = p.add_argument_group("time to accuracy")
     t.add_argument("--time-to-accuracy", action="store_true",
@@ -473,13 +478,13 @@ def _cmd_bench(args) -> int:
     cfg = build_config(args.config, overrides)
     data = None
     if args.synthetic:
-        n = cfg.batch_size * (args.warmup + args.rounds * args.steps + 2)
+        n = cfg.batch_size * (args.warmup + args.rounds * args.timed_steps + 2)
         data = synthetic_data(args.synthetic, max(n, 2000))
     if args.json and Path(args.json).is_dir():
         raise ConfigError(f"--json {args.json} is a directory; give a file name")
-    result = bench(cfg, data, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+    result = bench(cfg, data, steps=args.timed_steps, warmup=args.warmup, rounds=args.rounds,
                    conventional=not args.no_conventional, workers=args.conventional_workers, knn=not args.no_knn,
-                   log=lambda m: print(m, file=sys.stderr))
+                   kornia=args.kornia, log=lambda m: print(m, file=sys.stderr))
     print(format_table(result))
     if args.json:
         text = json.dumps(result, indent=1) + "\n"
@@ -560,7 +565,9 @@ def _reproduce_parser(sub) -> None:
                                    "paper-scale setting on a CUDA device. `--list` names the experiments.")
     p.add_argument("name", nargs="?", metavar="NAME", help="experiment (see --list)")
     p.add_argument("--list", action="store_true", help="list the experiments and their budgets")
-    p.add_argument("--budget", choices=("smoke", "cpu", "gpu"))
+    p.add_argument("--budget", choices=("smoke", "cpu", "gpu-quick", "gpu"),
+                   help="smoke: a minute on a CPU; cpu: about an hour on 2 cores; gpu-quick (some experiments): "
+                        "minutes on one CUDA device; gpu: the paper's scale (`--list` says what each runs)")
     p.add_argument("--seeds", type=_whole_number, metavar="N", help="seeds 0..N-1 (default: the experiment's)")
     p.add_argument("--out", metavar="DIR", help="output folder: new, empty, or holding this experiment's "
                                                 "results of the same budget (replaced)")
@@ -585,7 +592,9 @@ def _cmd_reproduce(args) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
     from .reproduce import experiment_module
-    seeds = args.seeds if args.seeds is not None else experiment_module(args.name).DEFAULT_SEEDS
+    mod = experiment_module(args.name)
+    seeds = args.seeds if args.seeds is not None else getattr(mod, "SEEDS_BY_BUDGET", {}).get(args.budget,
+                                                                                           mod.DEFAULT_SEEDS)
     command = shlex.join(["stopgrad", "reproduce", args.name, "--budget", args.budget, "--seeds", str(seeds),
                           "--out", args.out])
     try:

@@ -56,7 +56,7 @@ def option_groups() -> dict[str, tuple[str, ...]]:
     >>> list(option_groups())
     ['method', 'data', 'model', 'optimisation', 'evaluation', 'running']
     >>> option_groups()["optimisation"][:4]
-    ('epochs', 'batch_size', 'optimizer', 'lr')
+    ('epochs', 'steps', 'batch_size', 'optimizer')
     """
     return {name: tuple(_group_module(name).OPTIONS) for name in OPTION_GROUPS}
 
@@ -131,6 +131,7 @@ class Config:
     freeze_patch_embed: bool = False  # a ViT's random patch projection kept fixed (MoCo v3)
     # optimisation
     epochs: int = 8
+    steps: int | None = None  # total training steps instead of whole epochs (the last epoch cut short)
     batch_size: int = 128
     optimizer: str | None = None  # sgd | lars | adamw; None: the method's (sgd, vicreg: lars)
     lr: float | None = None  # base lr; None: the method's or the optimiser's (optim.OPTIMIZER_DEFAULTS)

@@ -184,7 +184,7 @@ def checkpoint_state(s: Setup, rows: list[dict], epoch: int, seconds: float, sta
         processes = parts
     rng = {"torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state(s.device) if s.device.type == "cuda" else None}
-    step = epoch * s.steps_per_epoch + (state.done if state is not None else 0)
+    step = epoch * s.steps_per_epoch + state.done if state is not None else min(epoch * s.steps_per_epoch, s.total_steps)
     in_epoch = None if state is None else {
         "epoch": state.epoch, "done": state.done, "order": state.order.cpu(), "seconds": state.seconds,
         "extra": state.extra, "lr": state.lr, "processes": processes}

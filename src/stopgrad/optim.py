@@ -32,7 +32,7 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALINGS = ("none", "linear")
 
 # the keys of the optimisation group (validated by check_options below)
-OPTIONS = ("epochs", "batch_size", "optimizer", "lr", "lr_scaling", "lr_schedule", "warmup_epochs",
+OPTIONS = ("epochs", "steps", "batch_size", "optimizer", "lr", "lr_scaling", "lr_schedule", "warmup_epochs",
            "sgd_momentum", "weight_decay", "lars_eta", "adamw_betas", "ema_momentum", "ema_schedule")
 
 # optimiser -> the values of the keys a run leaves unset. SGD: the default run's (the GSG paper's
@@ -240,6 +240,8 @@ def check_options(cfg: "Config") -> None:
     for key in ("epochs", "batch_size"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
+    if cfg.steps is not None and cfg.steps <= 0:
+        raise ConfigError(f"steps must be positive (or unset for whole epochs), got {cfg.steps}")
     if not cfg.lr > 0:
         raise ConfigError(f"lr must be positive, got {cfg.lr}")
     if cfg.weight_decay < 0 or cfg.warmup_epochs < 0:

@@ -50,13 +50,29 @@ def record_evaluation(run_dir: Path, result: dict) -> None:
     write_report(run_dir, cfg, rows)
 
 
+def length(cfg: Config) -> str:
+    """The run's length in words: ``"8 epochs"``, or ``"2,000 steps"`` when it is set in steps."""
+    return f"{cfg.steps:,} steps" if cfg.steps is not None else f"{cfg.epochs} epochs"
+
+
+def finished(cfg: Config, last: dict) -> bool:
+    """Whether ``last`` (a metrics row) is the run's final epoch."""
+    return last.get("step") == cfg.steps if cfg.steps is not None else last["epoch"] == cfg.epochs
+
+
+def _progress(cfg: Config, last: dict) -> str:
+    if cfg.steps is not None:
+        return f"{last.get('step', 0)}/{cfg.steps} steps"
+    return f"{last['epoch']}/{cfg.epochs}"
+
+
 def describe_run(cfg: Config) -> str:
     policy = f" with {cfg.stopgrad} stop-gradient" if cfg.method in ("simsiam", "byol", "moco-v3") else ""
     predictor = "" if cfg.predictor else ", no predictor"
     width = f" width {cfg.width}" if cfg.backbone == "small-cnn" else ""
     subset = f" ({cfg.train_subset} training images)" if cfg.train_subset else ""
     return (f"{cfg.method}{policy}{predictor} on {cfg.dataset}{subset}, {cfg.backbone}{width}, {cfg.views} views, "
-            f"{cfg.epochs} epochs of batch {cfg.batch_size}, {describe_optimizer(cfg)} ({cfg.lr_schedule}), "
+            f"{length(cfg)} of batch {cfg.batch_size}, {describe_optimizer(cfg)} ({cfg.lr_schedule}), "
             f"seed {cfg.seed}")
 
 
@@ -109,7 +125,8 @@ def report_markdown(run_dir: Path, cfg: Config, rows: list[dict], evaluations: l
     last = rows[-1]
     evaluated = [r for r in rows if r.get("knn_top1") is not None]
     final = evaluated[-1] if evaluated else {}
-    state = "finished" if last["epoch"] == cfg.epochs else f"stopped after epoch {last['epoch']} of {cfg.epochs}"
+    state = ("finished" if finished(cfg, last) else f"stopped after epoch {last['epoch']} of {cfg.epochs}"
+             if cfg.steps is None else f"stopped after epoch {last['epoch']} (step {last.get('step')} of {cfg.steps})")
     alarm = any(r.get("collapse_alarm") for r in rows)
     lines += [f"Status: {state}{'; the collapse alarm was raised' if alarm else ''}. "
               f"Training time {last.get('seconds', 0):.0f} s.", "",
@@ -215,7 +232,7 @@ def compare(run_dirs: list[Path], out: Path, metrics=("loss", "knn_top1", "colla
         best = max((r["knn_top1"] for r in evaluated), default=None)
         linear = [e for e in read_evaluations(d) if e.get("evaluation") == "linear"]
         lin = f"{_pct(linear[-1]['top1'])} ({linear[-1]['protocol']})" if linear else "–"
-        lines.append(f"| {d.name} | {_label(d, cfg).split('(', 1)[1][:-1]} | {rows[-1]['epoch']}/{cfg.epochs} | "
+        lines.append(f"| {d.name} | {_label(d, cfg).split('(', 1)[1][:-1]} | {_progress(cfg, rows[-1])} | "
                      f"{_pct(final.get('knn_top1'))} | {_pct(best)} | {_pct(final.get('knn1_top1'))} | "
                      f"{_num(rows[-1].get('collapse_std'))} | {lin} | {rows[-1].get('seconds', 0):.0f} |")
     seen = set()

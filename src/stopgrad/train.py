@@ -142,7 +142,17 @@ class Setup:
 
     @property
     def total_steps(self) -> int:
-        return self.cfg.epochs * self.steps_per_epoch
+        """Training steps of the whole run: ``cfg.steps``, else ``cfg.epochs`` whole epochs."""
+        return self.cfg.steps if self.cfg.steps is not None else self.cfg.epochs * self.steps_per_epoch
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of the run: ``cfg.epochs``, or as many as ``cfg.steps`` needs (the last one shorter)."""
+        return -(-self.total_steps // self.steps_per_epoch)
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Steps of epoch ``epoch`` (1-based): a whole epoch but for a shorter last one under ``cfg.steps``."""
+        return min(self.steps_per_epoch, self.total_steps - (epoch - 1) * self.steps_per_epoch)
 
     @property
     def local_batch(self) -> int:
@@ -432,9 +442,10 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
 
     def on_step(state: EpochState) -> None:
         bar.update()
-        if state.done % 20 == 1 or state.done == s.steps_per_epoch:  # the postfix costs some time: not every step
+        if state.done % 20 == 1:  # the postfix costs some time: not every step
             bar.set_postfix_str(_bar_text(latest, state.lr), refresh=False)
-    last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    epochs = s.epochs
+    last_epoch = epochs if stop_after is None else min(epochs, stop_after)
     guard = LossGuard(s.device, cfg.max_nan_skips)
     stopped = None
 
@@ -453,31 +464,33 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
                 if s.device.type == "cuda":
                     torch.cuda.synchronize()
                 if in_epoch is not None and in_epoch["epoch"] == epoch:
-                    state = restore_epoch(s, in_epoch, s.steps_per_epoch)
+                    state = restore_epoch(s, in_epoch, s.epoch_steps(epoch))
                 else:
-                    state = start_epoch(s, epoch, s.steps_per_epoch)
+                    state = start_epoch(s, epoch, s.epoch_steps(epoch))
                 in_epoch = None
-                bar.set_description(f"epoch {epoch}/{cfg.epochs}", refresh=False)
-                finished = run_epoch(s, state, s.steps_per_epoch, lambda st=state: on_step(st), guard,
+                bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
+                steps = s.epoch_steps(epoch)
+                finished = run_epoch(s, state, steps, lambda st=state: on_step(st), guard,
                                      lambda st, e=epoch: save(st, e - 1, seconds), stop)
                 if not finished:
-                    where = f"epoch {epoch}, step {state.done} of {s.steps_per_epoch}"
+                    where = f"epoch {epoch}, step {state.done} of {steps}"
                     raise Stopped(stop.signal_name, f"stopped by {stop.signal_name} at {where}; the checkpoint is "
                                                     f"written: continue with `stopgrad train --resume {run_dir}`")
                 stats = state.means()
                 if stats.get("loss") is not None and not math.isfinite(stats["loss"]):
                     raise NonFiniteLoss(f"the loss of epoch {epoch} is not a number ({stats['loss']})")
                 seconds += state.seconds
-                row = {"epoch": epoch, "step": epoch * s.steps_per_epoch, **stats, "knn_top1": None,
+                step = (epoch - 1) * s.steps_per_epoch + steps
+                row = {"epoch": epoch, "step": step, **stats, "knn_top1": None,
                        "collapse_std": stats.get("collapse_std"), "seconds": round(seconds, 3),
-                       "images_per_second": round(s.steps_per_epoch * cfg.batch_size / max(state.seconds, 1e-9), 1)}
+                       "images_per_second": round(steps * cfg.batch_size / max(state.seconds, 1e-9), 1)}
                 if has_momentum_copy(s.model):
-                    row["ema_momentum"] = momentum_at(epoch * s.steps_per_epoch - 1, s.total_steps, cfg.ema_momentum,
+                    row["ema_momentum"] = momentum_at(step - 1, s.total_steps, cfg.ema_momentum,
                                                       cfg.ema_schedule)
                 if guard.skipped:
                     row["skipped_steps"] = guard.skipped
                 alarm_raised = False
-                if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                if epoch % cfg.eval_every == 0 or epoch == epochs:
                     if main:
                         _evaluate(s, run_dir, row, log)
                         if alarm is not None and alarm.update(epoch, row):
@@ -490,10 +503,10 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
                     log.rows(rows)
                 latest["loss"] = row["loss"]
                 latest["knn"] = row["knn_top1"] if row.get("knn_top1") is not None else latest["knn"]
-                _log(_epoch_line(row, cfg.epochs), quiet)
+                _log(_epoch_line(row, epochs), quiet)
                 if alarm_raised:
                     message = alarm.message() if alarm is not None else "collapse alarm"
-                    if cfg.stop_on_collapse and epoch < cfg.epochs:
+                    if cfg.stop_on_collapse and epoch < epochs:
                         stopped = "collapse"
                         _log(f"{message}; stopping (stop_on_collapse) with the checkpoint of epoch {epoch} "
                              f"kept in {run_dir / runs.CHECKPOINT}", quiet, error=True)
@@ -512,7 +525,7 @@ def train(cfg: Config, run_dir: Path | None = None, *, resume: bool = False, sto
                 log.image(f"curves/{png.stem}", png, rows[-1]["epoch"])
             write_report(run_dir, cfg, rows)
         log.close()
-    finished = rows[-1]["epoch"] == cfg.epochs
+    finished = rows[-1]["epoch"] == s.epochs
     if finished and main:
         runs.save_backbone(run_dir, s.model.backbone)
         write_report(run_dir, cfg, rows)

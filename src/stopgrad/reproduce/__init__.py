@@ -6,8 +6,10 @@ An experiment is one module in this package, named in :data:`EXPERIMENTS`, that 
 * ``PAPER`` — the paper (and table or figure) it checks;
 * ``BUDGETS`` — ``{"smoke": ..., "cpu": ..., "gpu": ...}``, one line each saying what the budget runs.
   ``smoke`` finishes in about a minute on 2 CPU cores (tests and CI run it), ``cpu`` in an hour or
-  less on the same machine, ``gpu`` is the paper-scale setting on one CUDA device;
-* ``DEFAULT_SEEDS`` — the number of seeds when ``--seeds`` is not given;
+  less on the same machine, ``gpu`` is the paper-scale setting on one CUDA device; an experiment
+  may add ``gpu-quick``, a few minutes on one CUDA device (``benchmarks/gpu_check.sh`` runs it);
+* ``DEFAULT_SEEDS`` — the number of seeds when ``--seeds`` is not given (``SEEDS_BY_BUDGET``, optional:
+  ``{budget: seeds}`` where a budget has its own default);
 * ``run(budget, seeds, out_dir, log) -> Report`` — runs every configuration for every seed in
   ``seeds`` (a list of ints), writes its figures (PNG) into ``out_dir`` and returns a
   :class:`Report`. ``log`` takes one line of progress.
@@ -48,8 +50,10 @@ EXPERIMENTS: dict[str, str] = {
     "eqco-toy": "eqco_toy",
     "eqco-k": "eqco_k",
     "spcl-ablation": "spcl_ablation",
+    "shootout": "shootout",
+    "shootout-recipes": "shootout_recipes",
 }
-BUDGETS = ("smoke", "cpu", "gpu")
+BUDGETS = ("smoke", "cpu", "gpu-quick", "gpu")
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 
 Log = Callable[[str], None]
@@ -173,11 +177,14 @@ def run_experiment(name: str, budget: str, seeds: int | None, out_dir: Path, com
     mod = experiment_module(name)
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
-    n_seeds = mod.DEFAULT_SEEDS if seeds is None else seeds
+    if budget not in mod.BUDGETS:
+        raise ConfigError(f"{name} has no budget {budget!r}; choose one of {', '.join(mod.BUDGETS)}")
+    default_seeds = getattr(mod, "SEEDS_BY_BUDGET", {}).get(budget, mod.DEFAULT_SEEDS)
+    n_seeds = default_seeds if seeds is None else seeds
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
         raise ConfigError(f"--seeds must be a positive whole number, got {seeds!r}")
-    if budget == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("--budget gpu needs a CUDA device and none is available; use --budget cpu")
+    if budget.startswith("gpu") and not torch.cuda.is_available():
+        raise ConfigError(f"--budget {budget} needs a CUDA device and none is available; use --budget cpu")
     out_dir = Path(out_dir)
     check_out_dir(out_dir, name, budget)
 
@@ -264,25 +271,35 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def device_for(budget: str) -> str:
-    """``gpu`` runs on CUDA (checked by :func:`run_experiment`), the other budgets on the CPU."""
-    return "cuda" if budget == "gpu" else "cpu"
+    """``gpu`` and ``gpu-quick`` run on CUDA (checked by :func:`run_experiment`), the other budgets on the CPU."""
+    return "cuda" if budget.startswith("gpu") else "cpu"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (``taskset`` and container limits), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def cpu_workers() -> tuple[int, int]:
-    """(worker processes, threads each) for many small independent CPU jobs: one per core, up to 8."""
-    cores = os.cpu_count() or 1
+    """(worker processes, threads each) for many small independent CPU jobs: one per usable core, up to 8."""
+    cores = usable_cores()
     workers = max(1, min(cores, 8))
     return workers, max(1, cores // workers)
 
 
 def run_jobs(fn: Callable[[dict], dict], jobs: Sequence[dict], workers: int, log: Log,
-             describe: Callable[[dict, dict], str] = lambda job, result: "") -> list[dict]:
+             describe: Callable[[dict, dict], str] = lambda job, result: "",
+             fresh_processes: bool = False) -> list[dict]:
     """Run ``fn(job)`` for every job; return the results in the order of ``jobs``.
 
     ``workers`` > 1 runs them in that many spawned processes (``fn`` must be a module-level
     function; jobs and results picklable), the most expensive first (``job["cost"]``, default 1).
     Each finished job is logged as ``[i/n] describe(job, result)``. Results must not depend on
-    the worker that ran them: seed every job from its own settings.
+    the worker that ran them: seed every job from its own settings. ``fresh_processes``: every job
+    in a new process (measurements of a process's peak memory), even with one worker.
     """
     n = len(jobs)
     results: list[dict | None] = [None] * n
@@ -292,7 +309,7 @@ def run_jobs(fn: Callable[[dict], dict], jobs: Sequence[dict], workers: int, log
         results[i] = result
         log(f"[{count}/{n}] {describe(jobs[i], result)} ({format_duration(time.perf_counter() - started)} elapsed)")
 
-    if workers <= 1 or n <= 1:
+    if (workers <= 1 or n <= 1) and not fresh_processes:
         for count, (i, job) in enumerate(enumerate(jobs), 1):
             done(i, fn(job), count)
         return results  # type: ignore[return-value]
@@ -301,7 +318,8 @@ def run_jobs(fn: Callable[[dict], dict], jobs: Sequence[dict], workers: int, log
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     order = sorted(range(n), key=lambda i: -float(jobs[i].get("cost", 1)))
-    pool = ProcessPoolExecutor(max_workers=min(workers, n), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=max(1, min(workers, n)), mp_context=multiprocessing.get_context("spawn"),
+                               max_tasks_per_child=1 if fresh_processes else None)
     try:
         futures = {pool.submit(fn, jobs[i]): i for i in order}
         for count, fut in enumerate(as_completed(futures), 1):

@@ -7,6 +7,8 @@ Budgets (fixed before any result was seen; each experiment states its epochs and
   batch 128, SGD lr 0.2 with cosine decay, weight decay 5e-4, target momentum 0.99, crops of
   25-100%) in the paper's *faithful* mode: four views per image, the partner role using fresh
   views as in the authors' code. Two single-threaded runs at a time on the 2-core machine.
+* ``gpu-quick`` (gsg-table1 only) — Fashion-MNIST with the CIFAR ResNet-18, batch 512, lr 0.06, four
+  views, a few epochs: the GPU path in minutes, not a result.
 * ``gpu`` — the paper's CIFAR-10 recipe (``configs/cifar10/{simsiam,byol}-gsg``): CIFAR
   ResNet-18, batch 512, 200 epochs, SGD lr 0.06 without schedule, four views; linear evaluation
   with the paper's protocol (SGD lr 30, 90 epochs). Needs the CIFAR-10 files and a CUDA device.
@@ -19,11 +21,13 @@ PAPER = "Lee & Lee, Implicit Contrastive Representation Learning with Guided Sto
 BASE = {
     "smoke": dict(dataset="digits", width=4, batch_size=64, knn_k=20, views=4),
     "cpu": dict(dataset="fashion-mnist", views=4),
+    "gpu-quick": dict(dataset="fashion-mnist", backbone="resnet18-cifar", heads="cifar", batch_size=512, lr=0.06,
+                      lr_schedule="constant", views=4),
     "gpu": dict(),
 }
 # the gpu budget starts from the paper-recipe preset of the method
 GPU_PRESET = {"simsiam": "cifar10/simsiam-gsg", "byol": "cifar10/byol-gsg"}
-LINEAR = {"smoke": "fast", "cpu": "fast", "gpu": "paper"}
+LINEAR = {"smoke": "fast", "cpu": "fast", "gpu-quick": "fast", "gpu": "paper"}
 POLICY_NAMES = {"symmetric": "", "guided": " w/ GSG", "random": " w/ random sg", "reverse": " w/ reverse sg"}
 METHOD_NAMES = {"simsiam": "SimSiam", "byol": "BYOL", "simclr": "SimCLR", "moco-v2": "MoCo v2"}
 
@@ -45,7 +49,7 @@ def label(method: str, stopgrad: str = "symmetric", predictor: bool = True) -> s
 
 def device_note(budget: str) -> str:
     from . import cpu_workers
-    if budget == "gpu":
+    if budget.startswith("gpu"):
         return "cuda (one run at a time)"
     workers, threads = cpu_workers()
     return f"cpu ({workers} runs at a time, {threads} thread{'s' if threads > 1 else ''} each)"

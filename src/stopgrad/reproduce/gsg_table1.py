@@ -14,19 +14,22 @@ import math
 import shutil
 from pathlib import Path
 
-from . import Report, markdown_table, mean_std
+from . import Report, device_for, markdown_table, mean_std
 from .gsg import LINEAR, PAPER as GSG_PAPER, configuration, device_note, label
 from .training import cell, pixel_rows, plot_curves, run_configurations, values
 
 TITLE = "SimSiam and BYOL with and without guided stop-gradient: kNN (k = 1, 200) and linear accuracy"
 PAPER = GSG_PAPER + ", Table 1 (and Figure 6)"
 DEFAULT_SEEDS = 3
-EPOCHS = {"smoke": 2, "cpu": 8, "gpu": 200}
-EVAL_EVERY = {"smoke": 1, "cpu": 2, "gpu": 10}
+EPOCHS = {"smoke": 2, "cpu": 8, "gpu-quick": 1, "gpu": 200}
+EVAL_EVERY = {"smoke": 1, "cpu": 2, "gpu-quick": 1, "gpu": 10}
+SEEDS_BY_BUDGET = {"gpu-quick": 1}
 BUDGETS = {
     "smoke": "digits, width-4 small CNN, 2 epochs, four views: a pipeline check, not a result",
     "cpu": "Fashion-MNIST, the default recipe (small CNN width 16, batch 128, lr 0.2 cosine) with four views, "
            "8 epochs; kNN k = 1 and 200, fast linear probe; ~45 min for 3 seeds on 2 idle cores",
+    "gpu-quick": "Fashion-MNIST with the CIFAR ResNet-18 (batch 512, lr 0.06 constant, four views), 1 epoch, "
+                 "one seed by default: the GPU path of this experiment in minutes, not a result",
     "gpu": "CIFAR-10, the paper's recipe (CIFAR ResNet-18, batch 512, 200 epochs, lr 0.06, four views); "
            "kNN and the paper's linear protocol (SGD lr 30, 90 epochs)",
 }
@@ -47,8 +50,7 @@ def configurations(budget: str) -> list[dict]:
 
 
 def run(budget: str, seeds: list[int], out_dir: Path, log) -> Report:
-    configs = run_configurations(configurations(budget), seeds, out_dir, budget, log,
-                                 "cuda" if budget == "gpu" else "cpu")
+    configs = run_configurations(configurations(budget), seeds, out_dir, budget, log, device_for(budget))
     figures = [plot_curves([(label(m), [c for c in configs if c["method"] == m]) for m in ("simsiam", "byol")],
                            "knn_top1", "kNN top-1 (%), k = knn_k", out_dir / "knn_per_epoch.png",
                            label=lambda c: label(c["method"], c["stopgrad"]))]

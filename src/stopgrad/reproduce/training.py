@@ -62,6 +62,7 @@ def train_job(job: dict) -> dict:
             reused = False
         if not reused:
             shutil.rmtree(run_dir)
+    earlier_linear = _earlier_linear(run_dir, cfg, job) if reused else None
     result = train(cfg, run_dir, resume=reused, quiet=True, progress=False, data=_data(cfg))
     rows = result["metrics"]
     evaluated = [r for r in rows if r.get("knn_top1") is not None]
@@ -77,7 +78,8 @@ def train_job(job: dict) -> dict:
               "tp_similarity": rows[-1].get("tp_similarity"), "fn_similarity": rows[-1].get("fn_similarity"),
               "curve": [{k: r.get(k) for k in CURVE_KEYS} for r in evaluated]}
     if job.get("linear"):
-        lin = evaluate_saved("linear", run_dir, protocol=job["linear"], **job.get("linear_options", {}))
+        lin = earlier_linear or evaluate_saved("linear", run_dir, protocol=job["linear"],
+                                               **job.get("linear_options", {}))
         record["linear"] = {k: lin[k] for k in ("protocol", "top1", "top5", "seconds")}
         if lin.get("pixels"):  # the same fast probe on the pixels (cached per data set)
             record["pixels"]["linear_top1"] = lin["pixels"]["top1"]
@@ -85,6 +87,24 @@ def train_job(job: dict) -> dict:
         tsne = evaluate_saved("tsne", run_dir, samples=job.get("tsne_samples", 2000))
         record["tsne"] = tsne["figure"]
     return record
+
+
+def _earlier_linear(run_dir: Path, cfg, job: dict) -> dict | None:
+    """The linear probe an earlier session of this experiment recorded for ``run_dir``, when the run had
+    finished then (so it evaluated these final weights) with the job's protocol and default options."""
+    from ..report import finished, read_evaluations
+    from ..runs import read_metrics
+
+    if not job.get("linear") or job.get("linear_options"):
+        return None
+    try:
+        rows = read_metrics(run_dir)
+        done = bool(rows) and finished(cfg, rows[-1])
+        found = [e for e in read_evaluations(run_dir) if e.get("evaluation") == "linear"
+                 and e.get("protocol") == job["linear"] and "top1" in e]
+    except Exception:  # damaged files: evaluate again
+        return None
+    return found[-1] if done and found else None
 
 
 def run_configurations(configurations: list[dict], seeds: list[int], out_dir: Path, budget: str, log: Log,
