@@ -266,16 +266,17 @@ def _plot(configs: list[dict], path: Path, budget: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    styles = ["-", "--", ":", "-."]
+    styles = ["-", "--"]
     for i, c in enumerate(ranked(configs)):
         per_seed = [[(p.get("seconds") or 0.0, p["knn_top1"]) for p in r["curve"]] for r in c["runs"]]
         n = min(len(s) for s in per_seed)
         xs = [sum(s[j][0] for s in per_seed) / len(per_seed) / 60 for j in range(n)]
         ys = [100 * sum(s[j][1] for s in per_seed) / len(per_seed) for j in range(n)]
-        ax.plot(xs, ys, marker="o", markersize=3, linestyle=styles[(i // 10) % len(styles)], label=c["label"])
+        ax.plot(xs, ys, marker="o", markersize=3, color=plt.cm.tab20(i % 20), linestyle=styles[i % 2],
+                label=c["label"])
     pixels = values(configs[0], "pixels.centred_knn_top1", 100)
     if pixels:
-        ax.axhline(pixels[0], color="gray", linestyle="--", linewidth=1, label="pixels, mean-centred")
+        ax.axhline(pixels[0], color="black", linestyle=":", linewidth=1, label="pixels, mean-centred")
     ax.set_xlabel("minutes of training")
     ax.set_ylabel("kNN top-1 (%), mean over seeds")
     ax.set_title(f"kNN against training time, budget {budget}")
@@ -292,7 +293,7 @@ def _notes(budget: str) -> list[str]:
             "compares methods, not pipelines; each method keeps its own loss settings (temperature, margins, "
             "queues, momentum targets) at the library's defaults, listed per run in `results.json`.",
             "`knn_vs_minutes.png`: kNN top-1 at each evaluation against the minutes of training so far, mean over "
-            "seeds; the gray line is kNN on the mean-centred pixels. The points of a run lie on one schedule "
+            "seeds; the dotted black line is kNN on the mean-centred pixels. The points of a run lie on one schedule "
             "(its learning rate decays over the whole budget): they are not shorter runs.",
             f"Wall time of the experiment: per run, {format_duration(SECONDS[budget])} of training plus the kNN "
             "evaluations (random init, the curve's points, the end), the geometry and the fast linear probe."]
