@@ -50,7 +50,7 @@ def record_evaluation(run_dir: Path, result: dict) -> None:
     write_report(run_dir, cfg, rows)
 
 
-def length(cfg: Config) -> str:
+def run_length(cfg: Config) -> str:
     """The run's length in words: ``"8 epochs"``, or ``"2,000 steps"`` when it is set in steps."""
     return f"{cfg.steps:,} steps" if cfg.steps is not None else f"{cfg.epochs} epochs"
 
@@ -72,7 +72,7 @@ def describe_run(cfg: Config) -> str:
     width = f" width {cfg.width}" if cfg.backbone == "small-cnn" else ""
     subset = f" ({cfg.train_subset} training images)" if cfg.train_subset else ""
     return (f"{cfg.method}{policy}{predictor} on {cfg.dataset}{subset}, {cfg.backbone}{width}, {cfg.views} views, "
-            f"{length(cfg)} of batch {cfg.batch_size}, {describe_optimizer(cfg)} ({cfg.lr_schedule}), "
+            f"{run_length(cfg)} of batch {cfg.batch_size}, {describe_optimizer(cfg)} ({cfg.lr_schedule}), "
             f"seed {cfg.seed}")
 
 
@@ -125,8 +125,12 @@ def report_markdown(run_dir: Path, cfg: Config, rows: list[dict], evaluations: l
     last = rows[-1]
     evaluated = [r for r in rows if r.get("knn_top1") is not None]
     final = evaluated[-1] if evaluated else {}
-    state = ("finished" if finished(cfg, last) else f"stopped after epoch {last['epoch']} of {cfg.epochs}"
-             if cfg.steps is None else f"stopped after epoch {last['epoch']} (step {last.get('step')} of {cfg.steps})")
+    if finished(cfg, last):
+        state = "finished"
+    elif cfg.steps is None:
+        state = f"stopped after epoch {last['epoch']} of {cfg.epochs}"
+    else:
+        state = f"stopped after epoch {last['epoch']} (step {last.get('step')} of {cfg.steps})"
     alarm = any(r.get("collapse_alarm") for r in rows)
     lines += [f"Status: {state}{'; the collapse alarm was raised' if alarm else ''}. "
               f"Training time {last.get('seconds', 0):.0f} s.", "",

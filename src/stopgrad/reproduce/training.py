@@ -9,8 +9,8 @@ t-SNE map, all stored in the run's own directory (``OUT/runs/NAME-seedS/``: metr
 evaluations.jsonl, report.md, figures) as well as returned.
 
 Running the same command again continues an interrupted experiment: a run directory whose saved
-config equals the job's is resumed (or, when finished, only re-read) instead of trained again;
-its record says ``"reused": true``. A directory with another config is replaced.
+config equals the job's is resumed (or, when finished, only re-read, with the linear probe it
+already recorded) instead of trained again; its record says ``"reused": true``. A directory with another config is replaced.
 """
 from __future__ import annotations
 
