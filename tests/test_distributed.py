@@ -220,9 +220,13 @@ def _worker_pids(agent_pid: int) -> dict[int, int]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers through /proc")
 def test_torchrun_restart_after_a_killed_worker_continues_the_run_exactly(tmp_path):
-    """torchrun --max-restarts 1 restarts every worker with the same command line after one is killed
-    (SIGKILL) mid-epoch; with --auto-resume that command continues from the last checkpoint, and the
-    finished run equals an uninterrupted two-process run: its metrics and its backbone's weights."""
+    """torchrun restarts every worker with the same command line after one is killed (SIGKILL)
+    mid-epoch; with --auto-resume that command continues from the last checkpoint, and the finished
+    run equals an uninterrupted two-process run: its metrics and its backbone's weights.
+
+    --max-restarts 2, not 1: once in five runs here a worker of the restarted group aborted at
+    start-up ("terminate called without an active exception", SIGABRT, inside torch's gloo), and a
+    second restart, which --auto-resume continues the same way, must give the same run too."""
     import json
     import signal
 
@@ -234,7 +238,7 @@ def test_torchrun_restart_after_a_killed_worker_continues_the_run_exactly(tmp_pa
 
     run = tmp_path / "restarted"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
-           "--max-restarts", "1", "-m", "stopgrad", *args, "--out", str(run)]
+           "--max-restarts", "2", "-m", "stopgrad", *args, "--out", str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
