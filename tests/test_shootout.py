@@ -43,10 +43,9 @@ def test_shootout_smoke_trains_each_method_for_its_calibrated_steps(run_cli, tmp
     clustering): the calibration gives each its steps, every run trains exactly those,
     the table ranks them by kNN beside the random-init and pixel rows, the figure is written, and the same
     command again re-reads the calibration and the runs."""
-    monkeypatch.setattr(shootout, "VARIANTS", [("byol", "symmetric"), ("byol", "guided"), ("moco-v2", None),
-                                               ("spcl", None)])
     out_dir = tmp_path / "shootout"
-    argv = ("reproduce", "shootout", "--budget", "smoke", "--seeds", "2", "--out", str(out_dir))
+    argv = ("reproduce", "shootout", "--budget", "smoke", "--seeds", "2", "--out", str(out_dir),
+            "--only", "byol,moco-v2,spcl")
     code, out, err = run_cli(*argv)
     assert code == 0, err
     record = json.loads((out_dir / "results.json").read_text())
@@ -70,13 +69,22 @@ def test_shootout_smoke_trains_each_method_for_its_calibrated_steps(run_cli, tmp
     assert (out_dir / "knn_vs_minutes.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = run_cli(*argv)
     assert code == 0, err
-    assert "calibration: read from" in err
+    assert "calibration: 4 configurations read from" in err and "training throughput" not in err
     again = json.loads((out_dir / "results.json").read_text())
     assert all(r["reused"] for c in again["configurations"] for r in c["runs"])
     for c, c2 in zip(record["configurations"], again["configurations"]):  # the linear probe is read back too
         for r, r2 in zip(c["runs"], c2["runs"]):
             lines = Path(r["run_dir"], "evaluations.jsonl").read_text().splitlines()
             assert len(lines) == 1 and r2["linear"] == r["linear"] and r2["knn_top1"] == r["knn_top1"]
+    # more configurations later: only the new one is timed, the others are read back
+    timed = []
+    fake = {"images_per_second": 1000.0, "seconds_per_epoch_setup": 0.0, "peak_memory_mb": 1.0}
+    monkeypatch.setattr(shootout, "run_jobs", lambda fn, jobs, *a, **k: [timed.append(j["config"]) or fake
+                                                                          for j in jobs])
+    more = [c for c in shootout.configurations("smoke") if c["name"] in {*calibration["configurations"], "simclr"}]
+    got = shootout.calibrate(more, "smoke", out_dir, lambda m: None)
+    assert timed == ["simclr"] and set(got) == {*calibration["configurations"], "simclr"}
+    assert got["spcl"] == calibration["configurations"]["spcl"]
 
 
 def test_gpu_quick_budget_is_refused_without_cuda_and_by_experiments_without_it(run_cli, tmp_path):
@@ -123,12 +131,14 @@ def test_kornia_pipeline_makes_views_of_the_right_shape():
 
 
 def test_recipe_sweep_smoke_marks_each_methods_best_point(run_cli, tmp_path, monkeypatch):
+    """Two methods of the sweep (``--only``): every point of each, the same steps per method, the best marked."""
     from stopgrad.reproduce import shootout_recipes
-    monkeypatch.setattr(shootout_recipes, "METHODS", ("simclr", "vicreg"))
     out_dir = tmp_path / "sweep"
-    code, out, err = run_cli("reproduce", "shootout-recipes", "--budget", "smoke", "--out", str(out_dir))
+    code, out, err = run_cli("reproduce", "shootout-recipes", "--budget", "smoke", "--out", str(out_dir),
+                             "--only", "simclr,vicreg")
     assert code == 0, err
     record = json.loads((out_dir / "results.json").read_text())
+    assert record["only"] == ["simclr", "vicreg"] and "--only simclr,vicreg" in record["command"]
     points = {(c["method"], c["point"]) for c in record["configurations"]}
     assert points == {(m, p) for m in ("simclr", "vicreg") for p, _ in shootout_recipes.points(m)}
     assert ("simclr", "T 0.1") in points and ("vicreg", "T 0.1") not in points and ("vicreg", "SGD lr 0.05") in points
@@ -155,3 +165,40 @@ def test_reproduce_list_names_the_gpu_quick_budgets(run_cli):
     code, out, _ = run_cli("reproduce", "--list")
     assert code == 0 and out.count("--budget gpu-quick") == 2
     assert "shootout: Every method at equal wall-clock training time" in out
+
+
+def test_the_cpu_budget_trains_the_published_steps_on_any_machine():
+    """The cpu budget's steps are the reference calibration's for every configuration, also under a
+    method recipe that changes only cost-neutral settings (lr, temperature); a change that alters a
+    step's cost (the batch) is calibrated on this machine instead."""
+    configs = shootout.configurations("cpu")
+    assert {c["name"] for c in configs} == set(shootout.REFERENCE_STEPS["cpu"])
+    for c in configs:
+        assert shootout.reference_steps(c, "cpu") == shootout.REFERENCE_STEPS["cpu"][c["name"]]
+    byol = next(c for c in configs if c["name"] == "byol-guided")
+    assert shootout.reference_steps({**byol, "overrides": {**byol["overrides"], "lr": 0.4}}, "cpu") == 655
+    assert shootout.reference_steps({**byol, "overrides": {**byol["overrides"], "batch_size": 256}}, "cpu") is None
+    assert all(shootout.reference_steps(c, "smoke") is None for c in shootout.configurations("smoke"))
+
+
+def test_the_recipe_sweep_at_cpu_takes_its_steps_without_timing(tmp_path, monkeypatch):
+    from stopgrad.reproduce import shootout_recipes
+    monkeypatch.setattr(shootout, "run_jobs", lambda *a, **k: pytest.fail("nothing should be timed"))
+    base = shootout_recipes.base_configurations("cpu")
+    got = shootout.calibrate(base, "cpu", tmp_path, lambda m: None, throughput=False)
+    assert got["byol"] == {"steps": 655, "steps_from": "reference"} and got["vicreg"]["steps"] == 840
+
+
+def test_only_is_checked_before_anything_is_replaced(run_cli, tmp_path):
+    out_dir = tmp_path / "sweep"
+    out_dir.mkdir()
+    (out_dir / "results.json").write_text(json.dumps({"experiment": "shootout", "budget": "smoke"}))
+    (out_dir / "results.md").write_text("an earlier table")
+    code, _, err = run_cli("reproduce", "shootout", "--budget", "smoke", "--out", str(out_dir), "--only", "byl")
+    assert code == 2 and "--only byl selects no configuration" in err and "byol-guided" in err
+    assert "Traceback" not in err and (out_dir / "results.md").read_text() == "an earlier table"
+    code, _, err = run_cli("reproduce", "gsg-table1", "--budget", "smoke", "--out", str(tmp_path / "t"), "--only", "x")
+    assert code == 2 and "--only works for shootout, shootout-recipes" in err
+    from stopgrad.reproduce import select
+    assert select(shootout.names("cpu"), ["byol", "simclr"]) == ["byol-symmetric", "byol-guided", "simclr"]
+    assert select(shootout.names("cpu"), ["moco-v3"]) == ["moco-v3-symmetric", "moco-v3-guided"]

@@ -571,6 +571,9 @@ def _reproduce_parser(sub) -> None:
     p.add_argument("--seeds", type=_whole_number, metavar="N", help="seeds 0..N-1 (default: the experiment's)")
     p.add_argument("--out", metavar="DIR", help="output folder: new, empty, or holding this experiment's "
                                                 "results of the same budget (replaced)")
+    p.add_argument("--only", metavar="NAMES", type=lambda v: [n for n in v.split(",") if n],
+                   help="comma-separated configurations to run, each a name or the start of names up to a dash "
+                        "(shootout, shootout-recipes: e.g. --only byol,vicreg); the table holds those")
 
 
 def _cmd_reproduce(args) -> int:
@@ -596,10 +599,10 @@ def _cmd_reproduce(args) -> int:
     seeds = args.seeds if args.seeds is not None else getattr(mod, "SEEDS_BY_BUDGET", {}).get(args.budget,
                                                                                            mod.DEFAULT_SEEDS)
     command = shlex.join(["stopgrad", "reproduce", args.name, "--budget", args.budget, "--seeds", str(seeds),
-                          "--out", args.out])
+                          "--out", args.out] + (["--only", ",".join(args.only)] if args.only else []))
     try:
         record = run_experiment(args.name, args.budget, seeds, Path(args.out), command,
-                                log=lambda m: print(m, file=sys.stderr, flush=True))
+                                log=lambda m: print(m, file=sys.stderr, flush=True), only=args.only)
     except KeyboardInterrupt:
         print(f"stopgrad: interrupted; {args.out}/results.json says so; run the same command again to redo it",
               file=sys.stderr)

@@ -12,7 +12,10 @@ An experiment is one module in this package, named in :data:`EXPERIMENTS`, that 
   ``{budget: seeds}`` where a budget has its own default);
 * ``run(budget, seeds, out_dir, log) -> Report`` — runs every configuration for every seed in
   ``seeds`` (a list of ints), writes its figures (PNG) into ``out_dir`` and returns a
-  :class:`Report`. ``log`` takes one line of progress.
+  :class:`Report`. ``log`` takes one line of progress;
+* optionally ``names(budget) -> list[str]``, the names of its configurations: such an experiment
+  also runs a part of them (``--only``: ``run(..., only=[...])``, see :func:`select`), and its
+  table holds that part.
 
 :func:`run_experiment` does the rest, identically for every experiment: it checks the output
 folder, records the provenance (command, versions, device, machine, wall time) and writes
@@ -159,8 +162,25 @@ def format_duration(seconds: float) -> str:
     return f"{h} h {m} min {s} s" if h else f"{m} min {s} s" if m else f"{s} s"
 
 
+def select(names: Sequence[str], only: Sequence[str] | None) -> list[str]:
+    """The names that ``only`` selects: a name itself, or every name it begins up to a dash
+    (``byol`` selects ``byol-symmetric`` and ``byol-guided``). Every entry must select something.
+
+    >>> select(["byol-symmetric", "byol-guided", "simclr"], ["byol"])
+    ['byol-symmetric', 'byol-guided']
+    """
+    if not only:
+        return list(names)
+    def hit(n: str, p: str) -> bool:
+        return n == p or n.startswith(p + "-")
+    unknown = [p for p in only if not any(hit(n, p) for n in names)]
+    if unknown:
+        raise ConfigError(f"--only {','.join(unknown)} selects no configuration; choose among {', '.join(names)}")
+    return [n for n in names if any(hit(n, p) for p in only)]
+
+
 def run_experiment(name: str, budget: str, seeds: int | None, out_dir: Path, command: str,
-                   log: Log = print) -> dict:
+                   log: Log = print, only: Sequence[str] | None = None) -> dict:
     """Check the arguments, run the experiment, write ``results.json`` and ``results.md``.
 
     Args:
@@ -169,6 +189,7 @@ def run_experiment(name: str, budget: str, seeds: int | None, out_dir: Path, com
         seeds: number of seeds (seeds 0..N-1); None: the experiment's default.
         out_dir: output folder (new, empty, or holding this experiment's results of this budget).
         command: the exact command line, recorded in both files.
+        only: run only these configurations (:func:`select`; experiments that define ``names``).
     Returns:
         the ``results.json`` record.
     """
@@ -185,6 +206,11 @@ def run_experiment(name: str, budget: str, seeds: int | None, out_dir: Path, com
         raise ConfigError(f"--seeds must be a positive whole number, got {seeds!r}")
     if budget.startswith("gpu") and not torch.cuda.is_available():
         raise ConfigError(f"--budget {budget} needs a CUDA device and none is available; use --budget cpu")
+    if only:
+        if not hasattr(mod, "names"):
+            runs_part = ", ".join(n for n in EXPERIMENTS if hasattr(experiment_module(n), "names"))
+            raise ConfigError(f"{name} runs all its configurations together; --only works for {runs_part}")
+        select(mod.names(budget), only)
     out_dir = Path(out_dir)
     check_out_dir(out_dir, name, budget)
 
@@ -194,6 +220,7 @@ def run_experiment(name: str, budget: str, seeds: int | None, out_dir: Path, com
         "command": command, "stopgrad_version": __version__, "torch_version": str(torch.__version__),
         "git_commit": None, "device": None, "machine": _machine(),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **({"only": list(only)} if only else {}),
     }
     from ..runs import git_commit
     record["git_commit"] = git_commit()
@@ -205,7 +232,8 @@ def run_experiment(name: str, budget: str, seeds: int | None, out_dir: Path, com
     log(f"{name}: budget {budget} ({mod.BUDGETS[budget]}), seeds 0..{n_seeds - 1}, output {out_dir}")
     start = time.perf_counter()
     try:
-        report = mod.run(budget, list(range(n_seeds)), out_dir, log)
+        report = (mod.run(budget, list(range(n_seeds)), out_dir, log, only=list(only)) if only
+                  else mod.run(budget, list(range(n_seeds)), out_dir, log))
     except BaseException as exc:
         record.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                       error=f"{type(exc).__name__}: {exc}", wall_seconds=round(time.perf_counter() - start, 1))
@@ -225,7 +253,9 @@ def results_markdown(record: dict, table: str) -> str:
     lines = [f"# {record['experiment']}: {record['title']}", "",
              f"Command: `{record['command']}`", "",
              f"Paper: {record['paper']}. Budget `{record['budget']}`: {record['budget_description']}. "
-             f"Seeds: {len(record['seeds'])}. stopgrad {record['stopgrad_version']}"
+             f"Seeds: {len(record['seeds'])}. "
+             + (f"Only the configurations {', '.join(record['only'])}. " if record.get("only") else "")
+             + f"stopgrad {record['stopgrad_version']}"
              + (f" ({record['git_commit'][:10]})" if record.get("git_commit") else "")
              + f", torch {record['torch_version']}, device: {record['device']}; "
              f"CPU: {record['machine']['cpu']} ({record['machine']['cpu_count']} cores). "

@@ -15,6 +15,13 @@ configuration trains the same steps, the runs are deterministic, and an interrup
 continues with the same numbers (``OUT/calibration.json``). The table reports the training time
 each run actually took beside the budget.
 
+The ``cpu`` budget's steps are those of the published run (:data:`REFERENCE_STEPS`: its
+calibration on the reference 2-core machine), so that the command re-creates the published
+table on any machine, however fast; the calibration still measures this machine's throughput and
+memory, records the steps its own timing would give (``steps_here``), and the table reports the
+training time each run took here. Budgets without reference steps (``smoke``, the GPU ones) train
+the steps this machine's calibration gives.
+
 Per seed, every configuration starts from the same initial backbone weights and sees the same
 images in the same order (the seed decides both), so differences between methods are paired.
 Measured for every run: weighted kNN on the test set (k = ``knn_k`` and k = 1), the fast linear
@@ -29,7 +36,7 @@ import math
 from pathlib import Path
 
 from . import (Report, _write_json, cpu_workers, device_for, format_duration, format_mean_std, markdown_table, mean_std,
-               run_jobs)
+               run_jobs, select)
 from ..config import build_config
 from .gsg import METHOD_NAMES, device_note
 from .training import _data, cell, pixel_rows, run_configurations, values
@@ -45,11 +52,16 @@ VARIANTS = [("simsiam", "symmetric"), ("simsiam", "guided"), ("byol", "symmetric
             ("instdisc", None), ("end-to-end", None), ("fnc", None), ("directclr", None), ("triplet", None),
             ("spcl", None), ("barlow-twins", None), ("vicreg", None), ("twist", None)]
 
-# per-method settings on top of the budget's common recipe. Everything a method does not set here is
-# the library's default for it (SGD lr 0.2 cosine, weight decay 5e-4, temperature 0.2, the method's own
-# defaults in stopgrad.methods; VICReg: LARS, its paper's optimiser). A method's entry is what its
-# training needs beyond that to run at this scale, never a setting tuned on the test set.
-RECIPES: dict[str, dict] = {}
+# per budget, per-method settings on top of the budget's common recipe (the method's recipe). Everything a method
+# does not set here is the library's default for it (SGD lr 0.2 cosine, weight decay 5e-4, temperature 0.2, the
+# method's own defaults in stopgrad.methods; VICReg: LARS, its paper's optimiser). The cpu entries come from
+# `stopgrad reproduce shootout-recipes --budget cpu` (docs/RESULTS.md): a method's best point of the sweep where it
+# beat the default by at least 1 kNN point (about three of the shootout's seed standard deviations); the
+# methods the sweep has not covered, or where no point beat the default by that much, keep the defaults.
+METHOD_RECIPES: dict[str, dict[str, dict]] = {
+    "cpu": {"moco-v2": {"lr": 0.1}, "instdisc": {"temperature": 0.1}, "barlow-twins": {"lr": 0.1},
+            "vicreg": {"optimizer": "sgd", "lr": 0.05}},
+}
 
 # seconds of training per run (the budget), and the settings every run of the budget shares
 SECONDS = {"smoke": 2, "cpu": 60, "gpu-quick": 5, "gpu": 300}
@@ -65,14 +77,31 @@ BUDGETS = {
     "smoke": "every method on scikit-learn digits, width-4 small CNN, 2 s of training each: a pipeline check, "
              "not a result",
     "cpu": "every method on Fashion-MNIST with the default recipe (small CNN width 16, small heads, batch 128, "
-           "two views, its augmentation), 60 s of single-thread training each, two runs at a time on the 2-core "
-           "machine; kNN, fast linear probe, geometry; about 1 h 40 min for 3 seeds (the linear probe takes "
-           "about 90 s of each run)",
+           "two views, its augmentation) and its CPU recipe (METHOD_RECIPES), 60 s of single-thread training "
+           "each on the reference machine (its calibrated steps, the same on any machine), two runs at a time on "
+           "the 2-core machine; kNN, fast linear probe, geometry; about 1 h 40 min for 3 seeds on the reference "
+           "machine (the linear probe takes about 90 s of each run)",
     "gpu-quick": "every method on Fashion-MNIST with the CIFAR ResNet-18 (batch 512, lr 0.06), 5 s of training "
                  "each on one CUDA device, one seed by default: the GPU path of the shootout in minutes, not a result",
     "gpu": "every method on Fashion-MNIST with the CIFAR ResNet-18 (batch 512, lr 0.06), 5 minutes of training "
            "each on one CUDA device",
 }
+# the steps of the published cpu run (docs/RESULTS.md): its calibration on the reference machine (2-core AMD
+# EPYC, one thread per run, 2026-12-01, commit 9d3b36d) turned 60 s into these steps. They hold for the cpu
+# budget's common recipe and under changes of COST_NEUTRAL settings; any other change is calibrated here.
+REFERENCE_STEPS = {
+    "cpu": {"simsiam-symmetric": 840, "simsiam-guided": 840, "byol-symmetric": 799, "byol-guided": 655,
+            "moco-v3-symmetric": 669, "moco-v3-guided": 679, "simclr": 867, "moco-v2": 614, "simo": 830,
+            "instdisc": 909, "end-to-end": 945, "fnc": 964, "directclr": 975, "triplet": 978, "spcl": 736,
+            "barlow-twins": 746, "vicreg": 840, "twist": 899},
+}
+# settings that do not change what a step costs: a configuration that differs from the common recipe in these
+# alone (a method's recipe of lr, temperature, ...) keeps its reference steps; any other change is calibrated here
+# (the optimiser too: SGD's step is LARS's without the per-layer norms, so SGD with LARS's steps trains a little
+# less time, never more)
+COST_NEUTRAL = {"optimizer", "lr", "temperature", "weight_decay", "sgd_momentum", "ema_momentum", "ema_schedule", "lr_schedule",
+                "lr_scaling", "warmup_epochs", "bt_lambda", "vicreg_weights", "triplet_margin", "lars_eta",
+                "knn_k", "knn_temperature"}
 SEEDS_BY_BUDGET = {"gpu-quick": 1}  # when --seeds is not given
 CALIBRATION = "calibration.json"
 # evaluations during a run (kNN only, for the curve against minutes); the last step is always evaluated
@@ -94,7 +123,7 @@ def label_of(method: str, policy: str | None) -> str:
 def configurations(budget: str) -> list[dict]:
     out = []
     for method, policy in VARIANTS:
-        overrides = {**BASE[budget], "method": method, **RECIPES.get(method, {})}
+        overrides = {**BASE[budget], "method": method, **METHOD_RECIPES.get(budget, {}).get(method, {})}
         if policy is not None:
             overrides["stopgrad"] = policy
         out.append({"name": name_of(method, policy), "method": method, "stopgrad": policy,
@@ -151,35 +180,64 @@ def steps_for(seconds: float, step_seconds: float, epoch_seconds: float, steps_p
     return steps
 
 
-def calibrate(configs: list[dict], budget: str, out_dir: Path, log) -> dict:
-    """``{name: {"images_per_second", "peak_memory_mb", "steps"}}``: measured once, then read from
-    ``OUT/calibration.json`` (so a continued experiment trains the same steps)."""
+def calibrate(configs: list[dict], budget: str, out_dir: Path, log, throughput: bool = True) -> dict:
+    """``{name: {"images_per_second", "peak_memory_mb", "steps", "steps_here", "steps_from"}}``: measured
+    once, then read from ``OUT/calibration.json`` (so a continued experiment trains the same steps).
+
+    ``steps`` are the reference steps where the budget has them (:func:`reference_steps`), else the
+    steps this machine's timing gives (``steps_here``). ``throughput=False``: where every configuration
+    has reference steps, only those, without timing anything (``{name: {"steps", "steps_from"}}``).
+    """
+    if not throughput:
+        known = {c["name"]: reference_steps(c, budget) for c in configs}
+        if all(v is not None for v in known.values()):
+            log("calibration: the reference steps of every configuration (nothing to time)")
+            return {name: {"steps": v, "steps_from": "reference"} for name, v in known.items()}
     path = out_dir / CALIBRATION
-    settings = {c["name"]: c["overrides"] for c in configs}
+    saved: dict = {}
     if path.is_file():
         try:
-            saved = json.loads(path.read_text())
+            record = json.loads(path.read_text())
         except ValueError:
-            saved = None
-        if isinstance(saved, dict) and saved.get("seconds") == SECONDS[budget] and saved.get("settings") == settings:
-            log(f"calibration: read from {path}")
-            return saved["configurations"]
-    device = device_for(budget)
-    workers, threads = cpu_workers() if device == "cpu" else (1, None)
-    steps, warmup = (3, 2) if budget == "smoke" else (15, 5)
-    jobs = [{"config": c["name"], "overrides": c["overrides"], "device": device, "threads": threads,
-             "steps": steps, "warmup": warmup} for c in configs]
-    images = _training_images(configs)
-    log(f"calibration: the training throughput of {len(jobs)} configurations, {workers} at a time")
-    results = run_jobs(calibrate_job, jobs, workers, log,
-                       lambda job, r: f"{job['config']}: {r['images_per_second']:,.0f} img/s", fresh_processes=True)
-    out = {}
-    for c, r in zip(configs, results):
-        batch = build_config(None, c["overrides"]).batch_size
-        out[c["name"]] = {**r, "steps": steps_for(SECONDS[budget], batch / r["images_per_second"],
-                                                  r["seconds_per_epoch_setup"], images // batch)}
-    _write_json(path, {"seconds": SECONDS[budget], "settings": settings, "configurations": out})
-    return out
+            record = None
+        if isinstance(record, dict) and record.get("seconds") == SECONDS[budget]:
+            saved = {name: entry for name, entry in (record.get("configurations") or {}).items()
+                     if isinstance(entry, dict) and "steps" in entry}
+    # an entry is reused while its configuration's settings are unchanged
+    todo = [c for c in configs if (saved.get(c["name"]) or {}).get("overrides") != c["overrides"]]
+    if len(todo) < len(configs):
+        log(f"calibration: {len(configs) - len(todo)} configurations read from {path}")
+    if todo:
+        device = device_for(budget)
+        workers, threads = cpu_workers() if device == "cpu" else (1, None)
+        steps, warmup = (3, 2) if budget == "smoke" else (15, 5)
+        jobs = [{"config": c["name"], "overrides": c["overrides"], "device": device, "threads": threads,
+                 "steps": steps, "warmup": warmup} for c in todo]
+        images = _training_images(configs)
+        log(f"calibration: the training throughput of {len(jobs)} configurations, {workers} at a time")
+        results = run_jobs(calibrate_job, jobs, workers, log,
+                           lambda job, r: f"{job['config']}: {r['images_per_second']:,.0f} img/s",
+                           fresh_processes=True)
+        for c, r in zip(todo, results):
+            batch = build_config(None, c["overrides"]).batch_size
+            here = steps_for(SECONDS[budget], batch / r["images_per_second"], r["seconds_per_epoch_setup"],
+                             images // batch)
+            reference = reference_steps(c, budget)
+            saved[c["name"]] = {**r, "steps": here if reference is None else reference, "steps_here": here,
+                                "steps_from": "this machine" if reference is None else "reference",
+                                "overrides": c["overrides"]}
+        _write_json(path, {"seconds": SECONDS[budget], "configurations": saved})
+    return {c["name"]: saved[c["name"]] for c in configs}
+
+
+def reference_steps(c: dict, budget: str) -> int | None:
+    """The published steps of configuration ``c`` (:data:`REFERENCE_STEPS`), or None where there are none
+    or ``c`` differs from the reference's recipe in a setting that changes a step's cost."""
+    method, policy = c["method"], c["overrides"].get("stopgrad")
+    steps = REFERENCE_STEPS.get(budget, {}).get(name_of(method, policy))
+    recipe = {**BASE[budget], "method": method, **({"stopgrad": policy} if policy else {})}
+    costly = {k: v for k, v in c["overrides"].items() if k not in COST_NEUTRAL}
+    return steps if costly == recipe else None
 
 
 def _training_images(configs: list[dict]) -> int:
@@ -187,8 +245,13 @@ def _training_images(configs: list[dict]) -> int:
     return len(_data(build_config(None, configs[0]["overrides"])).train_x)
 
 
-def run(budget: str, seeds: list[int], out_dir: Path, log) -> Report:
-    configs = configurations(budget)
+def names(budget: str) -> list[str]:
+    return [c["name"] for c in configurations(budget)]
+
+
+def run(budget: str, seeds: list[int], out_dir: Path, log, only: list[str] | None = None) -> Report:
+    chosen = select(names(budget), only)
+    configs = [c for c in configurations(budget) if c["name"] in chosen]
     calibration = calibrate(configs, budget, out_dir, log)
     images = _training_images(configs)
     for c in configs:
@@ -203,7 +266,7 @@ def run(budget: str, seeds: list[int], out_dir: Path, log) -> Report:
         c["calibration"] = calibration[c["name"]]
     figure = _plot(configs, out_dir / "knn_vs_minutes.png", budget)
     return Report(configurations=configs, table=_table(configs, budget, seeds), device=device_note(budget),
-                  settings={"seconds": SECONDS[budget], "recipes": RECIPES,
+                  settings={"seconds": SECONDS[budget], "recipes": METHOD_RECIPES.get(budget, {}),
                             "configurations": {c["name"]: c["overrides"] for c in configs}},
                   figures=[figure], notes=_notes(budget))
 
@@ -250,7 +313,12 @@ def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
     head = markdown_table(["rank", "method", f"kNN top-1, k = {k} (%)", "kNN top-1, k = 1 (%)",
                            "linear top-1 (fast, %)", "kNN vs #1 (paired, points)", "√D × collapse std",
                            "effective rank", "img/s", "peak MiB", "steps", "train s"], rows)
-    return (f"{head}\n\nEvery method trained for {SECONDS[budget]} s ({spread}; test-set accuracy after "
+    if all(c["calibration"].get("steps_from") == "reference" for c in configs):
+        length = (f"Every method trained for the steps that {SECONDS[budget]} s of training gave on the reference "
+                  "machine (the published calibration; train s: the time they took here)")
+    else:
+        length = f"Every method trained for {SECONDS[budget]} s"
+    return (f"{head}\n\n{length} ({spread}; test-set accuracy after "
             f"training). Ranked by mean kNN top-1 at k = {k}. \"kNN vs #1\": the mean over seeds of the paired "
             "difference to the first-ranked method (same seed: same initial weights and batches) ± its "
             "standard error. √D × collapse std and the effective rank are the backbone's, on the test images "

@@ -5,8 +5,9 @@ policy does not change which lr suits SimSiam, BYOL or MoCo v3, so the sweep use
 one), the shootout's common recipe with one setting changed at a time: the learning rate halved
 and doubled around the library's 0.2 (SGD; VICReg's LARS: its base lr 0.2, halved and doubled,
 and SGD at 0.05 as a fourth point), and, for the methods with an InfoNCE temperature, T = 0.1 and
-0.5 around the default 0.2. Every run trains for the shootout's seconds (the calibrated steps of
-its method, :func:`stopgrad.reproduce.shootout.calibrate`), is evaluated by kNN, and the table
+0.5 around the default 0.2. Every run trains for the shootout's seconds (the steps of its method
+in the shootout, :func:`stopgrad.reproduce.shootout.calibrate`: at the ``cpu`` budget the
+published reference steps), is evaluated by kNN, and the table
 gives per method the kNN of every point, the best one marked, and the gain of the best over the
 default. One seed by default: the sweep picks settings, the shootout's seeds decide between methods.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Report, device_for, markdown_table
+from . import Report, device_for, markdown_table, select
 from .gsg import device_note
 from .shootout import BASE, SECONDS, calibrate, label_of
 from .training import run_configurations, values
@@ -52,25 +53,39 @@ def _slug(point: str) -> str:
     return point.replace(" ", "-").replace(".", "")
 
 
-def run(budget: str, seeds: list[int], out_dir: Path, log) -> Report:
+def base_configurations(budget: str) -> list[dict]:
+    """One configuration per method: the shootout's common recipe of ``budget`` (the default point)."""
     base = []
     for method in METHODS:
         overrides = {**BASE[budget], "method": method}
         if method in POLICY:
             overrides["stopgrad"] = POLICY[method]
         base.append({"name": method, "method": method, "overrides": overrides})
-    calibration = calibrate(base, budget, out_dir, log)
+    return base
+
+
+def names(budget: str) -> list[str]:
+    return [f"{m}-{_slug(point)}" for m in METHODS for point, _ in points(m)]
+
+
+def run(budget: str, seeds: list[int], out_dir: Path, log, only: list[str] | None = None) -> Report:
+    chosen = select(names(budget), only)
+    base = [b for b in base_configurations(budget)
+            if any(f"{b['method']}-{_slug(point)}" in chosen for point, _ in points(b["method"]))]
+    calibration = calibrate(base, budget, out_dir, log, throughput=False)
     configs = []
     for b in base:
         method, steps = b["method"], calibration[b["method"]]["steps"]
         for point, change in points(method):
+            if f"{method}-{_slug(point)}" not in chosen:
+                continue
             configs.append({"name": f"{method}-{_slug(point)}", "method": method, "point": point,
                             "label": label_of(method, POLICY.get(method)), "preset": None, "cost": steps,
                             "overrides": {**b["overrides"], **change, "steps": steps, "eval_every": 1000,
                                           "eval_geometry": False}})
     configs = run_configurations(configs, seeds, out_dir, budget, log, device_for(budget))
     return Report(configurations=configs, table=_table(configs, budget, seeds), device=device_note(budget),
-                  settings={"seconds": SECONDS[budget], "steps": {m: calibration[m]["steps"] for m in METHODS},
+                  settings={"seconds": SECONDS[budget], "steps": {m: v["steps"] for m, v in calibration.items()},
                             "configurations": {c["name"]: c["overrides"] for c in configs}},
                   notes=["Every point of a method trains the same steps (its calibration) from the same initial "
                          "weights and batches; only the named setting differs."])
@@ -93,7 +108,7 @@ def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
     names = ["default", "lr x0.5", "lr x2", "T 0.1", "T 0.5", "SGD lr 0.05"]
     best = best_points(configs)
     rows = []
-    for method in METHODS:
+    for method in [m for m in METHODS if any(c["method"] == m for c in configs)]:
         mine = {c["point"]: c for c in configs if c["method"] == method}
         cells = []
         for n in names:
@@ -104,7 +119,7 @@ def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
             v = values(c, "knn_top1", 100)
             text = f"{sum(v) / len(v):.2f}" if v else "–"
             cells.append(f"**{text}**" if best.get(method, {}).get("point") == n else text)
-        d = values(mine["default"], "knn_top1", 100)
+        d = values(mine["default"], "knn_top1", 100) if "default" in mine else []
         gain = 100 * best[method]["_mean"] - sum(d) / len(d) if method in best and d else None
         rows.append([label_of(method, POLICY.get(method)), *cells, best[method]["point"] if method in best else "–",
                      f"{gain:+.2f}" if gain is not None else "–"])
