@@ -16,8 +16,9 @@ continues with the same numbers (``OUT/calibration.json``). The table reports th
 each run actually took beside the budget.
 
 The ``cpu`` budget's steps are those of the published run (:data:`REFERENCE_STEPS`: its
-calibration on the reference 2-core machine), so that the command re-creates the published
-table on any machine, however fast; the calibration still measures this machine's throughput and
+calibration on the reference 2-core machine), so that the command trains the published steps on
+any machine, however fast (a re-run on another machine or day agrees with the published table
+within about a point, not to the digit: docs/RESULTS.md); the calibration still measures this machine's throughput and
 memory, records the steps its own timing would give (``steps_here``), and the table reports the
 training time each run took here. Budgets without reference steps (``smoke``, the GPU ones) train
 the steps this machine's calibration gives.
