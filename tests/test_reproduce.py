@@ -215,7 +215,12 @@ def test_eqco_k_smoke_trains_every_configuration(run_cli, tmp_path):
         expected = 0.2 * math.log(eqco_k.ALPHA / c["k"]) if c["eqco"] else 0.0
         assert run["margin"] == pytest.approx(expected, abs=1e-6) and c["margin"] == pytest.approx(expected)
     assert (out_dir / "runs" / "simo-k4-eqco-seed0" / "metrics.jsonl").is_file()
-    assert "| kNN top-1 (%) | K = 4 | K = 16 |" in (out_dir / "results.md").read_text()
+    text = (out_dir / "results.md").read_text()
+    assert "| kNN top-1 (%) | K = 4 | K = 16 | K = 4 − K = 16 (paired) |" in text
+    assert "| simo, EqCo − InfoNCE |" in text and "random init (same backbone)" in text
+    # paired by seed: every run of a seed starts from the same weights (the same init kNN)
+    inits = {c["runs"][0]["init"]["knn_top1"] for c in configs}
+    assert len(inits) == 1
 
 
 GSG_EXPERIMENTS = ("gsg-table1", "gsg-guiding", "gsg-no-predictor", "gsg-batch-size", "gsg-equal-compute")

@@ -58,10 +58,10 @@ VARIANTS = [("simsiam", "symmetric"), ("simsiam", "guided"), ("byol", "symmetric
 # method's own defaults in stopgrad.methods; VICReg: LARS, its paper's optimiser). The cpu entries come from
 # `stopgrad reproduce shootout-recipes --budget cpu` (docs/RESULTS.md): a method's best point of the sweep where it
 # beat the default by at least 1 kNN point (about three of the shootout's seed standard deviations); the
-# methods the sweep has not covered, or where no point beat the default by that much, keep the defaults.
+# methods where no point beat the default by that much keep the defaults.
 METHOD_RECIPES: dict[str, dict[str, dict]] = {
     "cpu": {"moco-v2": {"lr": 0.1}, "instdisc": {"temperature": 0.1}, "barlow-twins": {"lr": 0.1},
-            "vicreg": {"optimizer": "sgd", "lr": 0.05}},
+            "vicreg": {"optimizer": "sgd", "lr": 0.05}, "spcl": {"temperature": 0.1}},
 }
 
 # seconds of training per run (the budget), and the settings every run of the budget shares
