@@ -294,6 +294,16 @@ def format_mean_std(values: Sequence[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{d}f}"
 
 
+def format_paired(a: Sequence[float], b: Sequence[float], scale: float = 1.0) -> str:
+    """``"+0.12 ± 0.05"``: the mean of ``scale * (a - b)`` over paired seeds ± its standard error;
+    just the mean for one pair, "–" for none."""
+    d = [scale * (x - y) for x, y in zip(a, b)]
+    if not d:
+        return "–"
+    mean, std = mean_std(d)
+    return f"{mean:+.2f}" if len(d) < 2 else f"{mean:+.2f} ± {std / math.sqrt(len(d)):.2f}"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     out = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(map(str, row)) + " |" for row in rows]

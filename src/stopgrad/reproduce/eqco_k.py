@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from . import Report, format_mean_std, markdown_table, mean_std
+from . import Report, format_mean_std, format_paired, markdown_table
 from .gsg import device_note
 from .training import pixel_rows, run_configurations, values
 
@@ -97,13 +97,6 @@ def run(budget: str, seeds: list[int], out_dir: Path, log) -> Report:
                   device=device_note(budget), figures=[_plot(configs, s, out_dir)], notes=_notes(s))
 
 
-def _paired(a: list[float], b: list[float]) -> str:
-    """mean(a - b) ± its standard error over paired seeds, in points."""
-    d = [100 * (x - y) for x, y in zip(a, b)]
-    m, sd = mean_std(d)
-    return f"{m:+.2f}" if len(d) < 2 else f"{m:+.2f} ± {sd / math.sqrt(len(d)):.2f}"
-
-
 def _table(configs: list[dict], s: dict, seeds: list[int]) -> str:
     by = {(c["method"], c["k"], c["eqco"]): c for c in configs}
     ks = s["ks"]
@@ -113,12 +106,16 @@ def _table(configs: list[dict], s: dict, seeds: list[int]) -> str:
             label = f"{method}, {'EqCo (α = %d)' % ALPHA if eqco else 'InfoNCE'}"
             rows.append([label] + [format_mean_std([100 * v for v in by[(method, k, eqco)]["knn_top1"]])
                                    for k in ks])
-            rows[-1].append(_paired(by[(method, ks[0], eqco)]["knn_top1"], by[(method, ks[-1], eqco)]["knn_top1"]))
-        diffs.append([f"{method}, EqCo − InfoNCE"] + [_paired(by[(method, k, True)]["knn_top1"],
-                                                              by[(method, k, False)]["knn_top1"]) for k in ks])
+            rows[-1].append(format_paired(by[(method, ks[0], eqco)]["knn_top1"], by[(method, ks[-1], eqco)]["knn_top1"],
+                                         100))
+        diffs.append([f"{method}, EqCo − InfoNCE"] + [
+            "+0.00 (same run)" if k == ALPHA else
+            format_paired(by[(method, k, True)]["knn_top1"], by[(method, k, False)]["knn_top1"], 100) for k in ks])
     first = configs[0]
-    rows.append(["random init (same backbone)", *[format_mean_std(values(first, "init.knn_top1", 100))] * len(ks), "–"])
-    rows += pixel_rows(first, {str(i + 1): "knn_top1" for i in range(len(ks))}, len(ks) + 2)
+    # the baselines do not depend on K: one number each, in the first column
+    rows.append(["random init (same backbone)", format_mean_std(values(first, "init.knn_top1", 100))]
+                + ["–"] * len(ks))
+    rows += pixel_rows(first, {"1": "knn_top1"}, len(ks) + 2)
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
     head = markdown_table(["kNN top-1 (%)"] + [f"K = {k}" for k in ks] + [f"K = {ks[0]} − K = {ks[-1]} (paired)"],
                           rows)

@@ -36,8 +36,8 @@ import json
 import math
 from pathlib import Path
 
-from . import (Report, _write_json, cpu_workers, device_for, format_duration, format_mean_std, markdown_table, mean_std,
-               run_jobs, select)
+from . import (Report, _write_json, cpu_workers, device_for, format_duration, format_mean_std, format_paired,
+               markdown_table, mean_std, run_jobs, select)
 from ..config import build_config
 from .gsg import METHOD_NAMES, device_note
 from .training import _data, cell, pixel_rows, run_configurations, values
@@ -279,15 +279,6 @@ def _feature_dim(c: dict) -> int:
     return backbone_for(cfg, _data(cfg).channels).feature_dim
 
 
-def _paired(a: list[float], b: list[float]) -> str:
-    """mean(a - b) ± its standard error over paired seeds."""
-    d = [x - y for x, y in zip(a, b)]
-    if not d:
-        return "–"
-    m, s = mean_std(d)
-    return f"{m:+.2f}" if len(d) < 2 else f"{m:+.2f} ± {s / math.sqrt(len(d)):.2f}"
-
-
 def ranked(configs: list[dict]) -> list[dict]:
     """The configurations by mean final kNN top-1, best first."""
     return sorted(configs, key=lambda c: -mean_std(values(c, "knn_top1"))[0])
@@ -301,7 +292,7 @@ def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
     for i, c in enumerate(order, 1):
         collapse = values(c, "rep_collapse_std", math.sqrt(_feature_dim(c)))
         rows.append([i, c["label"], cell(c, "knn_top1"), cell(c, "knn1_top1"), cell(c, "linear.top1"),
-                     _paired(values(c, "knn_top1", 100), values(best, "knn_top1", 100)) if c is not best else "–",
+                     format_paired(values(c, "knn_top1", 100), values(best, "knn_top1", 100)) if c is not best else "–",
                      format_mean_std(collapse, 3) if collapse else "–", cell(c, "rep_effective_rank", 1.0, 1),
                      f"{c['calibration']['images_per_second']:,.0f}", f"{c['calibration']['peak_memory_mb']:,.0f}",
                      c["overrides"]["steps"], cell(c, "train_seconds", 1.0, 0)])
