@@ -19,6 +19,8 @@ from pathlib import Path
 
 from . import Report, format_mean_std, format_paired, markdown_table
 from .gsg import device_note
+from .shootout import METHOD_RECIPES
+from .shootout_recipes import DEFAULT_LR
 from .training import pixel_rows, run_configurations, values
 
 TITLE = "Accuracy vs the number of negatives K, with and without EqCo (SiMo and MoCo v2 on Fashion-MNIST)"
@@ -37,8 +39,9 @@ SETTINGS = {
     "gpu": dict(dataset="cifar10", methods=("simo", "moco-v2"), ks=KS, epochs=200, batch_size=512, lr=0.06,
                 width=16, knn_k=200, backbone="resnet18-cifar", heads="cifar", augment="cifar"),
 }
-# each method's CPU recipe (stopgrad.reproduce.shootout.METHOD_RECIPES: MoCo v2 at half the common lr)
-METHOD_OVERRIDES = {"cpu": {"moco-v2": {"lr": 0.2}}}
+# each method's CPU recipe (the shootout's METHOD_RECIPES; MoCo v2: half the common lr), its lr scaled to this batch
+METHOD_OVERRIDES = {"cpu": {m: {"lr": round(SETTINGS["cpu"]["lr"] * METHOD_RECIPES["cpu"][m]["lr"] / DEFAULT_LR, 6)}
+                            for m in ("moco-v2",)}}
 BUDGETS = {
     "smoke": "SiMo on scikit-learn digits, K in {4, 16}, one epoch at width 4: a pipeline check, not a result",
     "cpu": "SiMo and MoCo v2 on all 60,000 Fashion-MNIST images, K in {4, 16, 64, 256}, two epochs, batch 512 "
