@@ -246,6 +246,9 @@ def test_gsg_experiment_smoke_budget_end_to_end(run_cli, tmp_path, name):
         assert (run_dir / "report.md").is_file() and (run_dir / "backbone.safetensors").is_file()
     md = (out_dir / "results.md").read_text()
     assert f"Command: `stopgrad reproduce {name} --budget smoke --seeds 1 --out {out_dir}`" in md
+    if name in ("gsg-table1", "gsg-equal-compute"):  # the baselines and the paired differences beside the results
+        assert "| random init (same backbone) |" in md and "| pixels, mean-centred |" in md
+        assert "paired over seeds" in md and "Welch" not in md
     for figure in record["figures"]:
         assert (out_dir / figure).read_bytes()[:4] == b"\x89PNG" and f"]({figure})" in md
 

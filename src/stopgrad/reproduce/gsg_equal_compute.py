@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Report, format_mean_std, markdown_table
+from . import Report, format_mean_std, format_paired, markdown_table
 from .gsg import LINEAR, configuration, device_note, label
-from .training import cell, run_configurations, values
+from .training import cell, pixel_rows, run_configurations, values
 
 TITLE = "Four views vs two: equal epochs and equal compute (SimSiam and BYOL with GSG)"
 PAPER = "stopgrad's own question about the faithful mode of the GSG code (four crops per image)"
@@ -54,8 +54,23 @@ def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
     for c in configs:
         rows.append([label(c["method"], "guided"), c["variant"], c["overrides"]["epochs"], cell(c, "knn_top1"),
                      cell(c, "knn1_top1"), cell(c, "linear.top1"), format_mean_std(values(c, "train_seconds"), 1)])
+    init = configs[0]
+    rows.append(["random init (same backbone)", "–", 0, cell(init, "init.knn_top1"), cell(init, "init.knn1_top1"),
+                 "–", "–"])
+    rows += pixel_rows(init, {"3": "knn_top1", "4": "knn1_top1", "5": "linear_top1"}, 7)
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
     k = configs[0]["overrides"].get("knn_k", 200)
+    keys = ("knn_top1", "knn1_top1", "linear.top1")
+    diff_rows = []
+    for method in ("simsiam", "byol"):
+        four, two, two_long = [c for c in configs if c["method"] == method]  # the order of VARIANTS
+        for name, a, b in (("2 views 2E − 4 views E (equal compute)", two_long, four),
+                           ("2 views E − 4 views E (equal epochs)", two, four)):
+            diff_rows.append([label(method, "guided"), name]
+                             + [format_paired(values(a, key, 100), values(b, key, 100)) for key in keys])
+    diff = markdown_table(["method", "difference (points)", f"kNN k = {k}", "kNN k = 1", "linear"], diff_rows)
     return (markdown_table(["method", "variant", "epochs", f"kNN top-1, k = {k} (%)", "kNN top-1, k = 1 (%)",
                             "linear top-1 (%)", "training seconds"], rows)
-            + f"\n\nE = {EPOCHS[budget]}. Test-set top-1, {spread}; training seconds exclude evaluation.")
+            + f"\n\nE = {EPOCHS[budget]}. Test-set top-1, {spread}; training seconds exclude evaluation.\n\n"
+            + diff + "\n\nMean of the per-seed differences ± its standard error (paired over seeds: each seed's "
+            "configurations start from the same initial weights).")

@@ -10,11 +10,10 @@ paper's Figure 6).
 """
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
-from . import Report, device_for, markdown_table, mean_std
+from . import Report, device_for, format_paired, markdown_table
 from .gsg import LINEAR, PAPER as GSG_PAPER, configuration, device_note, label
 from .training import cell, pixel_rows, plot_curves, run_configurations, values
 
@@ -66,15 +65,6 @@ def run(budget: str, seeds: list[int], out_dir: Path, log) -> Report:
                   figures=figures, notes=_notes(budget))
 
 
-def _difference(a: list[float], b: list[float]) -> str:
-    """mean(a) - mean(b) ± its standard error (Welch), in the units of the values."""
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    if len(a) < 2 or len(b) < 2:
-        return f"{ma - mb:+.2f}"
-    se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
-    return f"{ma - mb:+.2f} ± {se:.2f}"
-
-
 def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
     by = {(c["method"], c["stopgrad"]): c for c in configs}
     k = configs[0]["overrides"].get("knn_k", 200)
@@ -93,13 +83,14 @@ def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
     diff_rows = []
     for method in ("simsiam", "byol"):
         g, s = by[(method, "guided")], by[(method, "symmetric")]
-        diff_rows.append([label(method)] + [_difference(values(g, key, 100), values(s, key, 100))
+        diff_rows.append([label(method)] + [format_paired(values(g, key, 100), values(s, key, 100))
                                             for key in ("knn1_top1", "knn_top1", "linear.top1")])
     diff = markdown_table(["GSG − baseline (points)", "kNN k = 1", f"kNN k = {k}", "linear"], diff_rows)
     return (f"{head}\n\nTest-set accuracy after training, {spread}. The paper's column is its Table 1 on "
             f"CIFAR-10 with a ResNet-18 (200 epochs); ours is {'the same recipe' if budget == 'gpu' else 'another data set and a far smaller budget'}, "
             f"so compare the direction of the differences, not the numbers.\n\n{diff}\n\n"
-            "Difference of the means; ± is its standard error over seeds (Welch). The paper's differences on CIFAR-10: "
+            "Mean of the per-seed differences; ± is its standard error, paired over seeds (each seed's two "
+            "configurations start from the same initial weights and see the same batches). The paper's differences on CIFAR-10: "
             "SimSiam +5.2 kNN / +3.7 linear, BYOL +4.0 / +2.3.")
 
 
