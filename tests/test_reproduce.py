@@ -1,6 +1,7 @@
 """`stopgrad reproduce`: the registry, the eqco-toy experiment end to end, its data and loss, the errors."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,6 +144,70 @@ def test_worker_processes_give_the_same_numbers_as_this_process():
     pooled = run_jobs(eqco_toy.train_config, jobs, 2, lines.append)
     assert [r["estimate"] for r in pooled] == pytest.approx([r["estimate"] for r in here], abs=1e-6)
     assert len(lines) == 4 and lines[0].startswith("[1/2]")
+
+
+_BLOCKER = """
+import os, time
+from pathlib import Path
+
+def block(job):
+    Path(job["pid_file"]).write_text(str(os.getpid()))
+    time.sleep(120)
+    return {}
+"""
+
+_PARENT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from blocker import block
+from stopgrad.reproduce import run_jobs
+run_jobs(block, [dict(pid_file=sys.argv[1] + f"/worker{i}.pid") for i in range(2)], 2, print)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has stopped; only its exit status waits to be collected
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+@pytest.mark.parametrize("how", ["kill", "interrupt"])
+def test_workers_stop_with_the_experiment(tmp_path, how):
+    # a stopped `stopgrad reproduce` must not leave its runs training on the cores it was given
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "blocker.py").write_text(_BLOCKER)
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        files = [tmp_path / f"worker{i}.pid" for i in range(2)]
+        deadline = time.monotonic() + 120
+        while not all(f.exists() and f.read_text() for f in files):
+            assert parent.poll() is None and time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.1)
+        workers = [int(f.read_text()) for f in files]
+        assert all(_alive(pid) for pid in workers)
+        parent.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), "a worker kept running after its experiment stopped"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for f in tmp_path.glob("worker*.pid"):  # a failed check leaves no sleeping worker behind
+            try:
+                os.kill(int(f.read_text()), signal.SIGKILL)
+            except (ValueError, OSError):
+                pass
 
 
 def test_mean_std_over_seeds():

@@ -330,6 +330,22 @@ def cpu_workers() -> tuple[int, int]:
     return workers, max(1, cores // workers)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker's initialiser: end the worker as soon as the process that started it is gone.
+
+    A ``stopgrad reproduce`` killed from outside (``kill``, a closed terminal, a job scheduler) would
+    otherwise leave its workers training their runs to the end on the cores it was given.
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="stopgrad-exit-with-parent", daemon=True).start()
+
+
 def run_jobs(fn: Callable[[dict], dict], jobs: Sequence[dict], workers: int, log: Log,
              describe: Callable[[dict, dict], str] = lambda job, result: "",
              fresh_processes: bool = False) -> list[dict]:
@@ -359,13 +375,19 @@ def run_jobs(fn: Callable[[dict], dict], jobs: Sequence[dict], workers: int, log
 
     order = sorted(range(n), key=lambda i: -float(jobs[i].get("cost", 1)))
     pool = ProcessPoolExecutor(max_workers=max(1, min(workers, n)), mp_context=multiprocessing.get_context("spawn"),
-                               max_tasks_per_child=1 if fresh_processes else None)
+                               max_tasks_per_child=1 if fresh_processes else None,
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
         futures = {pool.submit(fn, jobs[i]): i for i in order}
         for count, fut in enumerate(as_completed(futures), 1):
             done(futures[fut], fut.result(), count)
     except BaseException:
+        # stopped (Ctrl-C, a failed job): the runs in progress stop too, instead of training on to their end;
+        # what finished is on disk (written atomically) and the same command continues from it
+        running = multiprocessing.active_children()
         pool.shutdown(wait=False, cancel_futures=True)
+        for process in running:
+            process.terminate()
         raise
     pool.shutdown()
     return results  # type: ignore[return-value]
