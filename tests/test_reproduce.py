@@ -205,7 +205,8 @@ def test_workers_stop_with_the_experiment(tmp_path, how):
             parent.kill()
         for f in tmp_path.glob("worker*.pid"):  # a failed check leaves no sleeping worker behind
             try:
-                os.kill(int(f.read_text()), signal.SIGKILL)
+                if _alive(pid := int(f.read_text())):
+                    os.kill(pid, signal.SIGKILL)
             except (ValueError, OSError):
                 pass
 
