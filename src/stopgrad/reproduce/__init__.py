@@ -384,7 +384,7 @@ def run_jobs(fn: Callable[[dict], dict], jobs: Sequence[dict], workers: int, log
     except BaseException:
         # stopped (Ctrl-C, a failed job): the runs in progress stop too, instead of training on to their end;
         # what finished is on disk (written atomically) and the same command continues from it
-        running = multiprocessing.active_children()
+        running = list((pool._processes or {}).values())  # this pool's workers only (3.14: terminate_workers)
         pool.shutdown(wait=False, cancel_futures=True)
         for process in running:
             process.terminate()
