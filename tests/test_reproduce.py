@@ -157,7 +157,8 @@ def block(job):
 """
 
 _PARENT = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, also where the caller ignores it
 sys.path.insert(0, sys.argv[1])
 from blocker import block
 from stopgrad.reproduce import run_jobs

@@ -60,6 +60,22 @@ def test_byol_gsg_learns_on_fashion_mnist(tmp_path):
 
 
 @pytest.mark.slow
+def test_moco_v3_with_the_tiny_vit_learns_on_fashion_mnist(tmp_path):
+    """The ``fashion-mnist/moco-v3-vit`` preset (AdamW, warm-up, frozen patch projection, cosine
+    momentum) on 6,000 images for 2 epochs lifts kNN top-1 above the ViT's random initialisation.
+
+    Measured with this seed: 0.5851 at initialisation, 0.6134 after training (+2.83 points, about 40 s);
+    the threshold asks for +1.5 points, about three standard errors of a 10,000-query accuracy.
+    """
+    cfg = build_config("fashion-mnist/moco-v3-vit", overrides={
+        "epochs": 2, "warmup_epochs": 0.5, "lr": 3e-3, "train_subset": 6000, "seed": 0, "eval_every": 2,
+        "eval_geometry": False, "pixel_baselines": False})
+    result = train(cfg, tmp_path / "run", quiet=True, progress=False, data=fashion_mnist())
+    init, final = result["knn_top1_init"], result["knn_top1"]
+    assert final > init + 0.015, (init, final)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_from_the_cli_on_fashion_mnist(tmp_path, method, run_cli):
     fashion_mnist()  # skips when the data set is not installed
