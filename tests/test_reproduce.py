@@ -313,11 +313,25 @@ def test_gsg_experiment_smoke_budget_end_to_end(run_cli, tmp_path, name):
         assert (run_dir / "report.md").is_file() and (run_dir / "backbone.safetensors").is_file()
     md = (out_dir / "results.md").read_text()
     assert f"Command: `stopgrad reproduce {name} --budget smoke --seeds 1 --out {out_dir}`" in md
-    if name in ("gsg-table1", "gsg-equal-compute"):  # the baselines and the paired differences beside the results
+    if name in ("gsg-table1", "gsg-equal-compute", "gsg-batch-size"):  # baselines and paired differences beside
         assert "| random init (same backbone) |" in md and "| pixels, mean-centred |" in md
         assert "paired over seeds" in md and "Welch" not in md
     for figure in record["figures"]:
         assert (out_dir / figure).read_bytes()[:4] == b"\x89PNG" and f"]({figure})" in md
+
+
+def test_gsg_equal_compute_runs_one_method_with_only(run_cli, tmp_path):
+    """``--only simsiam``: SimSiam's three variants, their paired differences, no BYOL row."""
+    out_dir = tmp_path / "ec"
+    code, _, err = run_cli("reproduce", "gsg-equal-compute", "--budget", "smoke", "--seeds", "1", "--out",
+                           str(out_dir), "--only", "simsiam")
+    assert code == 0, err
+    record = json.loads((out_dir / "results.json").read_text())
+    assert [c["name"] for c in record["configurations"]] == ["simsiam-v4-e1", "simsiam-v2-e1", "simsiam-v2-e2"]
+    md = (out_dir / "results.md").read_text()
+    assert "| SimSiam w/ GSG | 2 views 2E − 4 views E (equal compute) |" in md and "| BYOL w/ GSG |" not in md
+    assert sorted(p.name for p in (out_dir / "runs").iterdir()) == [
+        "simsiam-v2-e1-seed0", "simsiam-v2-e2-seed0", "simsiam-v4-e1-seed0"]
 
 
 def test_an_interrupted_experiment_reuses_its_finished_runs(run_cli, tmp_path):

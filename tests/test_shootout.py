@@ -198,7 +198,7 @@ def test_only_is_checked_before_anything_is_replaced(run_cli, tmp_path):
     assert code == 2 and "--only byl selects no configuration" in err and "byol-guided" in err
     assert "Traceback" not in err and (out_dir / "results.md").read_text() == "an earlier table"
     code, _, err = run_cli("reproduce", "gsg-table1", "--budget", "smoke", "--out", str(tmp_path / "t"), "--only", "x")
-    assert code == 2 and "--only works for shootout, shootout-recipes" in err
+    assert code == 2 and "--only works for gsg-equal-compute, shootout, shootout-recipes" in err
     from stopgrad.reproduce import select
     assert select(shootout.names("cpu"), ["byol", "simclr"]) == ["byol-symmetric", "byol-guided", "simclr"]
     assert select(shootout.names("cpu"), ["moco-v3"]) == ["moco-v3-symmetric", "moco-v3-guided"]

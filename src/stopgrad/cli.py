@@ -573,7 +573,7 @@ def _reproduce_parser(sub) -> None:
                                                 "results of the same budget (replaced)")
     p.add_argument("--only", metavar="NAMES", type=lambda v: [n for n in v.split(",") if n],
                    help="comma-separated configurations to run, each a name or the start of names up to a dash "
-                        "(shootout, shootout-recipes: e.g. --only byol,vicreg); the table holds those")
+                        "(shootout, shootout-recipes, gsg-equal-compute: e.g. --only byol,vicreg); the table holds those")
 
 
 def _cmd_reproduce(args) -> int:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Report, markdown_table
+from . import Report, format_paired, markdown_table
 from .gsg import LINEAR, PAPER as GSG_PAPER, configuration, device_note, label
-from .training import cell, run_configurations, values
+from .training import cell, pixel_rows, run_configurations, values
 
 TITLE = "Batch size: SimCLR and MoCo v2 vs SimSiam and BYOL with GSG at three batch sizes"
 PAPER = GSG_PAPER + ", Table 4 (§5.3)"
@@ -68,10 +68,51 @@ def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
     for method, policy in METHODS:
         rows.append([label(method, policy)] + [cell(by[(method, b)], "linear.top1") for b in batches]
                     + [cell(by[(method, b)], "knn_top1") for b in batches] + [PAPER_IMAGENET[method]])
+    init = configs[0]
+    width = 2 + 2 * len(batches)
+    rows.append(["random init (same backbone)"] + ["–"] * len(batches)
+                + [cell(init, "init.knn_top1")] * len(batches) + ["–"])
+    rows += pixel_rows(init, {**{str(1 + i): "linear_top1" for i in range(len(batches))},
+                              **{str(1 + len(batches) + i): "knn_top1" for i in range(len(batches))}}, width)
     head = (["method"] + [f"linear, B = {b}" for b in batches] + [f"kNN, B = {b}" for b in batches]
             + ["paper, ImageNet linear (B = 1024 / 512 / 256)"])
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
-    return markdown_table(head, rows) + f"\n\nTop-1 (%) on the test set, {spread}."
+    k = configs[0]["overrides"].get("knn_k", 200)
+    return (markdown_table(head, rows) + f"\n\nTop-1 (%) on the test set, {spread}; kNN with k = {k}. The random-init "
+            "row is the backbone before training (the same weights at every batch size); the pixel rows are the "
+            "same kNN and probe on the images.\n\n" + _differences(by, batches))
+
+
+def _drops(by: dict, method: str, small: int, large: int, key: str) -> list[float]:
+    """Per seed, the accuracy at batch ``large`` minus that at ``small`` (points): what shrinking costs."""
+    return [x - y for x, y in zip(values(by[(method, large)], key, 100), values(by[(method, small)], key, 100))]
+
+
+def _differences(by: dict, batches: tuple, keys=(("linear", "linear.top1"), ("kNN", "knn_top1"))) -> str:
+    """Paired over seeds: how much each method loses when the batch shrinks from the largest to each smaller
+    one, and how much less a GSG method loses than each explicit contrastive one (the paper's claim)."""
+    large = batches[-1]
+    rows = []
+    for method, policy in METHODS:
+        for small in batches[:-1]:
+            rows.append([label(method, policy), f"loss: B = {large} − B = {small}"]
+                        + [_paired(_drops(by, method, small, large, key)) for _, key in keys])
+    for method, policy in METHODS[2:]:
+        for other, other_policy in METHODS[:2]:
+            small = batches[0]
+            rows.append([f"{label(method, policy)} vs {label(other, other_policy)}",
+                         f"its loss − the other's, B = {large} → {small}"]
+                        + [format_paired(_drops(by, method, small, large, key), _drops(by, other, small, large, key))
+                           for _, key in keys])
+    head = ["method", "difference (points)"] + [name for name, _ in keys]
+    return (markdown_table(head, rows) + "\n\nMean of the per-seed differences ± its standard error (paired over "
+            "seeds: each seed's runs start from the same backbone weights). A positive loss is accuracy lost by "
+            "the smaller batch; the paper's claim is that the contrastive methods lose and GSG does not, so a GSG "
+            "row of the last block is negative where the claim holds.")
+
+
+def _paired(d: list[float]) -> str:
+    return format_paired(d, [0.0] * len(d))
 
 
 def _plot(configs: list[dict], budget: str, out_dir: Path) -> str:

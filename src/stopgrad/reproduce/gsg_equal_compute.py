@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Report, format_mean_std, format_paired, markdown_table
+from . import Report, format_mean_std, format_paired, markdown_table, select
 from .gsg import LINEAR, configuration, device_note, label
 from .training import cell, pixel_rows, run_configurations, values
 
@@ -39,9 +39,16 @@ def configurations(budget: str) -> list[dict]:
             for method in ("simsiam", "byol") for name, views, factor in VARIANTS]
 
 
-def run(budget: str, seeds: list[int], out_dir: Path, log) -> Report:
-    configs = run_configurations(configurations(budget), seeds, out_dir, budget, log,
-                                 "cuda" if budget == "gpu" else "cpu")
+def names(budget: str) -> list[str]:
+    return [c["name"] for c in configurations(budget)]
+
+
+def run(budget: str, seeds: list[int], out_dir: Path, log, only: list[str] | None = None) -> Report:
+    """``only``: some configurations (e.g. ``["simsiam"]``: more seeds for one method; the runs already in
+    ``out_dir`` are re-read, so a later run of all of them keeps these)."""
+    chosen = select(names(budget), only)
+    configs = run_configurations([c for c in configurations(budget) if c["name"] in chosen], seeds, out_dir,
+                                 budget, log, "cuda" if budget == "gpu" else "cpu")
     return Report(configurations=configs, table=_table(configs, budget, seeds), device=device_note(budget),
                   settings={"E": EPOCHS[budget],
                             "configurations": {c["name"]: {"preset": c["preset"], **c["overrides"]} for c in configs}},
@@ -62,8 +69,11 @@ def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
     k = configs[0]["overrides"].get("knn_k", 200)
     keys = ("knn_top1", "knn1_top1", "linear.top1")
     diff_rows = []
-    for method in ("simsiam", "byol"):
-        four, two, two_long = [c for c in configs if c["method"] == method]  # the order of VARIANTS
+    for method in dict.fromkeys(c["method"] for c in configs):
+        by = {c["variant"]: c for c in configs if c["method"] == method}
+        if len(by) < len(VARIANTS):  # --only a part of a method's variants: no pairs to show
+            continue
+        four, two, two_long = (by[name] for name, _, _ in VARIANTS)
         for name, a, b in (("2 views 2E − 4 views E (equal compute)", two_long, four),
                            ("2 views E − 4 views E (equal epochs)", two, four)):
             diff_rows.append([label(method, "guided"), name]
