@@ -4,8 +4,10 @@ SimCLR (in-batch negatives: K = 2B - 2) and MoCo v2 (a queue of K = 4096 keys, s
 not shrink with the batch) against SimSiam and BYOL with GSG (no negatives; GSG's partners come
 from the batch), at three batch sizes. The learning rate scales linearly with the batch
 (lr = 0.2 x B / 128 on cpu, 0.06 x B / 512 on gpu) and the number of epochs is fixed, so a
-smaller batch takes more, smaller steps. Every method uses two views per image here (the same
-encoder work per image for all four). Linear probe and kNN top-1.
+smaller batch takes more, smaller steps. SimSiam and BYOL without GSG (the symmetric loss) run at the
+smallest and the largest batch, so GSG's own dependence on the batch (its partners are the other
+images of the batch) is measured against theirs. Every method uses two views per image here (the
+same encoder work per image for all). Linear probe and kNN top-1.
 
 The paper's Table 4 (ImageNet, ResNet-50, linear top-1 at batch 1024 / 512 / 256) reports SimCLR
 62.8 / 60.7 / 57.5 and MoCo 57.5 / 56.4 / 54.7 falling with the batch, SimSiam w/ GSG 70.1 / 69.4 /
@@ -19,33 +21,49 @@ from . import Report, format_paired, markdown_table
 from .gsg import LINEAR, PAPER as GSG_PAPER, configuration, device_note, label
 from .training import cell, pixel_rows, run_configurations, values
 
-TITLE = "Batch size: SimCLR and MoCo v2 vs SimSiam and BYOL with GSG at three batch sizes"
+TITLE = "Batch size: SimCLR and MoCo v2 vs SimSiam and BYOL with and without GSG as the batch shrinks"
 PAPER = GSG_PAPER + ", Table 4 (§5.3)"
 DEFAULT_SEEDS = 3
 BATCHES = {"smoke": (32, 64), "cpu": (64, 128, 256), "gpu": (256, 512, 1024)}
 REFERENCE = {"smoke": (0.1, 64), "cpu": (0.2, 128), "gpu": (0.06, 512)}  # lr at a batch: linear scaling
 EPOCHS = {"smoke": 1, "cpu": 4, "gpu": 200}
-METHODS = (("simclr", "symmetric"), ("moco-v2", "symmetric"), ("simsiam", "guided"), ("byol", "guided"))
+CONTRASTIVE = (("simclr", "symmetric"), ("moco-v2", "symmetric"))
+GUIDED = (("simsiam", "guided"), ("byol", "guided"))
+SYMMETRIC = (("simsiam", "symmetric"), ("byol", "symmetric"))  # at the smallest and largest batch only
+METHODS = CONTRASTIVE + GUIDED + SYMMETRIC
 BUDGETS = {
     "smoke": "digits, width-4 small CNN, batches 32 and 64, 1 epoch: a pipeline check, not a result",
     "cpu": "Fashion-MNIST, the default recipe with two views for every method, batches 64 / 128 / 256 with "
-           "lr 0.2 x B/128, 4 epochs; fast linear probe and kNN; ~40 min for 3 seeds on 2 idle cores",
+           "lr 0.2 x B/128 (SimSiam and BYOL without GSG at 64 and 256), 4 epochs; fast linear probe and kNN; "
+           "~1 h 50 min for 3 seeds on 2 idle cores",
     "gpu": "CIFAR-10, CIFAR ResNet-18, batches 256 / 512 / 1024 with lr 0.06 x B/512 (constant), 200 epochs, "
            "two views; the paper's linear protocol",
 }
-PAPER_IMAGENET = {"simclr": "62.8 / 60.7 / 57.5", "moco-v2": "57.5 / 56.4 / 54.7 (MoCo v1)",
-                  "simsiam": "70.1 / 69.4 / 69.9", "byol": "71.9 / 71.0 / 71.6"}
+PAPER_IMAGENET = {("simclr", "symmetric"): "62.8 / 60.7 / 57.5",
+                  ("moco-v2", "symmetric"): "57.5 / 56.4 / 54.7 (MoCo v1, b = its negatives)",
+                  ("simsiam", "guided"): "70.1 / 69.4 / 69.9", ("byol", "guided"): "71.9 / 71.0 / 71.6",
+                  ("simsiam", "symmetric"): "–", ("byol", "symmetric"): "–"}
+
+
+def batches_of(budget: str, policy: str, method: str) -> tuple:
+    """The batch sizes a method runs at: all of them, or the two ends for SimSiam and BYOL without GSG."""
+    b = BATCHES[budget]
+    return (b[0], b[-1]) if (method, policy) in SYMMETRIC else b
+
+
+def name_of(method: str, policy: str, batch: int) -> str:
+    return f"{method}{'-symmetric' if (method, policy) in SYMMETRIC else ''}-b{batch}"
 
 
 def configurations(budget: str) -> list[dict]:
     lr0, b0 = REFERENCE[budget]
     out = []
     for method, policy in METHODS:
-        for b in BATCHES[budget]:
+        for b in batches_of(budget, policy, method):
             out.append(configuration(budget, method, {"stopgrad": policy, "views": 2, "batch_size": b,
                                                       "lr": lr0 * b / b0, "epochs": EPOCHS[budget],
                                                       "eval_every": EPOCHS[budget]},
-                                     name=f"{method}-b{b}", stopgrad=policy, batch=b,
+                                     name=name_of(method, policy, b), stopgrad=policy, batch=b,
                                      linear=LINEAR[budget], cost=b0 / b))  # small batches: more steps per epoch
     return out
 
@@ -63,11 +81,13 @@ def run(budget: str, seeds: list[int], out_dir: Path, log) -> Report:
 
 def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
     batches = BATCHES[budget]
-    by = {(c["method"], c["batch"]): c for c in configs}
+    by = {(c["method"], c["stopgrad"], c["batch"]): c for c in configs}
     rows = []
     for method, policy in METHODS:
-        rows.append([label(method, policy)] + [cell(by[(method, b)], "linear.top1") for b in batches]
-                    + [cell(by[(method, b)], "knn_top1") for b in batches] + [PAPER_IMAGENET[method]])
+        def at(b, key):
+            return cell(by[(method, policy, b)], key) if (method, policy, b) in by else "–"
+        rows.append([label(method, policy)] + [at(b, "linear.top1") for b in batches]
+                    + [at(b, "knn_top1") for b in batches] + [PAPER_IMAGENET[(method, policy)]])
     init = configs[0]
     width = 2 + 2 * len(batches)
     rows.append(["random init (same backbone)"] + ["–"] * len(batches)
@@ -80,35 +100,41 @@ def _table(configs: list[dict], budget: str, seeds: list[int]) -> str:
     k = configs[0]["overrides"].get("knn_k", 200)
     return (markdown_table(head, rows) + f"\n\nTop-1 (%) on the test set, {spread}; kNN with k = {k}. The random-init "
             "row is the backbone before training (the same weights at every batch size); the pixel rows are the "
-            "same kNN and probe on the images.\n\n" + _differences(by, batches))
+            "same kNN and probe on the images. SimSiam and BYOL without GSG run at the smallest and largest batch "
+            "only.\n\n" + _differences(by, batches))
 
 
-def _drops(by: dict, method: str, small: int, large: int, key: str) -> list[float]:
+def _drops(by: dict, method: tuple, small: int, large: int, key: str) -> list[float]:
     """Per seed, the accuracy at batch ``large`` minus that at ``small`` (points): what shrinking costs."""
-    return [x - y for x, y in zip(values(by[(method, large)], key, 100), values(by[(method, small)], key, 100))]
+    return [x - y for x, y in zip(values(by[(*method, large)], key, 100), values(by[(*method, small)], key, 100))]
 
 
 def _differences(by: dict, batches: tuple, keys=(("linear", "linear.top1"), ("kNN", "knn_top1"))) -> str:
     """Paired over seeds: how much each method loses when the batch shrinks from the largest to each smaller
-    one, and how much less a GSG method loses than each explicit contrastive one (the paper's claim)."""
-    large = batches[-1]
+    one, how much less a GSG method loses than each explicit contrastive one (the paper's claim), and GSG
+    against the symmetric loss of the same method at the two ends."""
+    small, large = batches[0], batches[-1]
     rows = []
-    for method, policy in METHODS:
-        for small in batches[:-1]:
-            rows.append([label(method, policy), f"loss: B = {large} − B = {small}"]
-                        + [_paired(_drops(by, method, small, large, key)) for _, key in keys])
-    for method, policy in METHODS[2:]:
-        for other, other_policy in METHODS[:2]:
-            small = batches[0]
-            rows.append([f"{label(method, policy)} vs {label(other, other_policy)}",
-                         f"its loss − the other's, B = {large} → {small}"]
+    for method in METHODS:
+        for b in batches[:-1]:
+            if (*method, b) in by:
+                rows.append([label(*method), f"loss: B = {large} − B = {b}"]
+                            + [_paired(_drops(by, method, b, large, key)) for _, key in keys])
+    for method in GUIDED:
+        for other in CONTRASTIVE + ((method[0], "symmetric"),):
+            rows.append([f"{label(*method)} vs {label(*other)}", f"its loss − the other's, B = {large} → {small}"]
                         + [format_paired(_drops(by, method, small, large, key), _drops(by, other, small, large, key))
                            for _, key in keys])
+    for method in GUIDED:
+        for b in (small, large):
+            rows.append([label(*method), f"w/ GSG − symmetric, B = {b}"]
+                        + [format_paired(values(by[(*method, b)], key, 100),
+                                         values(by[(method[0], "symmetric", b)], key, 100)) for _, key in keys])
     head = ["method", "difference (points)"] + [name for name, _ in keys]
     return (markdown_table(head, rows) + "\n\nMean of the per-seed differences ± its standard error (paired over "
             "seeds: each seed's runs start from the same backbone weights). A positive loss is accuracy lost by "
-            "the smaller batch; the paper's claim is that the contrastive methods lose and GSG does not, so a GSG "
-            "row of the last block is negative where the claim holds.")
+            "the smaller batch; the paper's claim is that the contrastive methods lose and GSG does not, so an "
+            "\"its loss − the other's\" row is negative where GSG loses less.")
 
 
 def _paired(d: list[float]) -> str:
@@ -122,10 +148,10 @@ def _plot(configs: list[dict], budget: str, out_dir: Path) -> str:
     from . import mean_std
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
     for method, policy in METHODS:
-        cs = [c for c in configs if c["method"] == method]
+        cs = [c for c in configs if c["method"] == method and c["stopgrad"] == policy]
         stats = [mean_std(values(c, "linear.top1", 100)) for c in cs]
         ax.errorbar([c["batch"] for c in cs], [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
-                    capsize=3, label=label(method, policy))
+                    capsize=3, label=label(method, policy), linestyle="--" if (method, policy) in SYMMETRIC else "-")
     ax.set_xscale("log", base=2)
     ax.set_xticks(BATCHES[budget], [str(b) for b in BATCHES[budget]])
     ax.set_xlabel("batch size")
