@@ -6,8 +6,8 @@ cpu: 64 and 256, the paper's fourfold shrink at its ends). The learning rate sca
 the batch (lr = 0.2 x B / 128 on cpu, 0.06 x B / 512 on gpu) and the number of epochs is fixed, so
 a smaller batch takes more, smaller steps. SimSiam and BYOL without GSG (the symmetric loss) run
 at the smallest and the largest batch, so GSG's own dependence on the batch (its partners are the
-other images of the batch) is measured against theirs. Every method
-uses two views per image here (the same encoder work per image for all). Linear probe and kNN top-1.
+other images of the batch) is measured against theirs. Every method uses two views per image here
+(the same encoder work per image for all). Linear probe and kNN top-1.
 
 The paper's Table 4 (ImageNet, ResNet-50, linear top-1 at b = 1024 / 512 / 256) reports SimCLR
 62.8 / 60.7 / 57.5 and end-to-end 57.3 / 56.3 / 54.9 falling with the batch, SimSiam w/ GSG 70.1 /
@@ -30,12 +30,12 @@ REFERENCE = {"smoke": (0.1, 64), "cpu": (0.2, 128), "gpu": (0.06, 512)}  # lr at
 EPOCHS = {"smoke": 1, "cpu": 4, "gpu": 200}
 CONTRASTIVE = (("simclr", "symmetric"),)
 GUIDED = (("simsiam", "guided"), ("byol", "guided"))
-SYMMETRIC = (("simsiam", "symmetric"), ("byol", "symmetric"))  # at the smallest and largest batch only
+SYMMETRIC = (("simsiam", "symmetric"), ("byol", "symmetric"))  # at the smallest and the largest batch
 METHODS = CONTRASTIVE + GUIDED + SYMMETRIC
 BUDGETS = {
     "smoke": "digits, width-4 small CNN, batches 32 and 64, 1 epoch: a pipeline check, not a result",
     "cpu": "Fashion-MNIST, the default recipe with two views for every method, batches 64 and 256 with "
-           "lr 0.2 x B/128, 4 epochs; fast linear probe and kNN; ~1 h 10 min for 3 seeds on 2 idle cores",
+           "lr 0.2 x B/128, 4 epochs; fast linear probe and kNN; ~1 h 15 min for 3 seeds on 2 idle cores",
     "gpu": "CIFAR-10, CIFAR ResNet-18, batches 256 / 512 / 1024 with lr 0.06 x B/512 (constant), 200 epochs, "
            "two views; the paper's linear protocol",
 }
