@@ -76,6 +76,51 @@ STAGES["long4"] = [
 ]
 
 
+# The stages above ran on the earlier default recipe (the small CNN pooled to 2x2, lr 0.2): they keep it.
+EARLIER_DEFAULT = {"backbone": "small-cnn", "lr": 0.2}
+for trials in STAGES.values():
+    for _, overrides in trials:
+        for key, value in EARLIER_DEFAULT.items():
+            overrides.setdefault(key, value)
+
+# The grid stages: the whole last 4x4 map as the features (small-cnn-grid, the default backbone now),
+# against the earlier backbones, then one change at a time on the grid recipe (lr 0.4), at 14 epochs (cosine
+# over 14; kNN after epochs 7 and 14), two threads: the default run's setting. Each trial is 6-9 minutes of
+# training on the 2-core machine; the list is in the order it ran. Keys not set are the preset's.
+GRID = {"backbone": "small-cnn-grid", "lr": 0.4}
+TWO_THREADS = {"epochs": 14, "eval_every": 7, "eval_geometry": False}
+STAGES["grid"] = [
+    ("grid", GRID),
+    ("earlier-default-14ep", {"backbone": "small-cnn", "lr": 0.2}),
+    ("grid-lr0.2", {**GRID, "lr": 0.2}),
+    ("grid-seed1", {**GRID, "seed": 1}),
+    ("grid-lr0.2-seed1", {**GRID, "lr": 0.2, "seed": 1}),
+    ("grid-simsiam", {**GRID, "method": "simsiam"}),
+    ("grid-simsiam-lr0.2", {**GRID, "method": "simsiam", "lr": 0.2}),
+    ("fullres-bn-14ep", {"backbone": "small-cnn-fullres-bn", "lr": 0.2}),
+    ("fullres-grid-lr0.2", {"backbone": "small-cnn-fullres-grid", "lr": 0.2}),
+    ("grid-lr0.8", {**GRID, "lr": 0.8}),
+    ("grid-width24", {**GRID, "width": 24}),
+    ("grid-crop50", {**GRID, "augment": "fashion-mnist-crop50"}),
+    ("grid-blur", {**GRID, "augment": "fashion-mnist-blur"}),
+    ("grid-erase", {**GRID, "augment": "fashion-mnist-erase"}),
+    ("grid-no-jitter", {**GRID, "augment": "fashion-mnist-nojitter"}),
+    ("grid-heads-wide", {**GRID, "heads": "small-wide"}),
+    ("grid-ema-cosine", {**GRID, "ema_schedule": "cosine"}),
+    ("grid-symmetric", {**GRID, "stopgrad": "symmetric"}),
+]
+for _, overrides in STAGES["grid"]:
+    for key, value in TWO_THREADS.items():
+        overrides.setdefault(key, value)
+# the frontier: the grid recipe at other lengths, each with its own cosine schedule
+STAGES["grid-long"] = [
+    ("grid-4ep", long_trial(GRID, 4, 2)),
+    ("grid-8ep", long_trial(GRID, 8, 2)),
+    ("grid-22ep", long_trial(GRID, 22, 2)),
+]
+THREADS = {"grid": 2, "grid-long": 2}  # threads per trial (1 for the stages not listed)
+
+
 def run_trial(overrides: dict, run_dir: Path) -> dict:
     """Train one trial in this process (called in the subprocess); returns the JSON line's content."""
     import torch
@@ -83,7 +128,8 @@ def run_trial(overrides: dict, run_dir: Path) -> dict:
     from stopgrad.config import build_config
     from stopgrad.train import train
 
-    cfg = build_config("fashion-mnist/byol-gsg", overrides={**overrides, "threads": 1, "log": "jsonl"})
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    cfg = build_config("fashion-mnist/byol-gsg", overrides={**overrides, "threads": threads, "log": "jsonl"})
     result = train(cfg, run_dir, quiet=True, progress=False)
     rows = result["metrics"]
     evals = [{"epoch": r["epoch"], "seconds": r["seconds"], "knn_top1": r["knn_top1"], "knn1_top1": r["knn1_top1"]}
@@ -106,7 +152,9 @@ def done_trials(path: Path) -> set[str]:
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     rows.sort(key=lambda r: -r["knn_top1"])
-    out = ["| trial | overrides | epochs | train min (1 thread) | img/s | kNN k=200 | kNN k=1 | init k=200 | collapse std |",
+    threads = rows[0].get("threads", 1) if rows else 1
+    out = [f"| trial | overrides | epochs | train min ({threads} thread{'s' if threads > 1 else ''}) | img/s | "
+           "kNN k=200 | kNN k=1 | init k=200 | collapse std |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         shown = {k: v for k, v in r["overrides"].items() if k not in ("epochs", "eval_every", "eval_geometry")}
@@ -121,7 +169,9 @@ def table(path: Path) -> str:
 def frontier(path: Path) -> str:
     """Every evaluation of every trial of the stage: kNN against minutes of single-thread training."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    out = ["| trial | epoch | train min (1 thread) | kNN k=200 | kNN k=1 |", "|---|---|---|---|---|"]
+    threads = rows[0].get("threads", 1) if rows else 1
+    out = [f"| trial | epoch | train min ({threads} thread{'s' if threads > 1 else ''}) | kNN k=200 | kNN k=1 |",
+           "|---|---|---|---|---|"]
     for r in rows:
         for e in r["evals"]:
             out.append(f"| {r['trial']} | {e['epoch']}/{r['epochs']} | {e['seconds'] / 60:.1f} | {e['knn_top1']:.4f} | "
@@ -158,7 +208,8 @@ def main(argv=None) -> int:
         print(frontier(path))
         return 0
     if not args.table:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        threads = str(THREADS.get(args.stage, 1))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         for name, overrides in STAGES[args.stage]:
             if name in done_trials(path) or (args.only and name not in args.only):
                 continue

@@ -243,7 +243,7 @@ def test_geometry_of_a_model_reports_both_spaces(digits):
     from stopgrad.config import build_config
     from stopgrad.methods import build_method
     torch.manual_seed(0)
-    model = build_method(build_config(overrides={"width": 4}), in_channels=1)
+    model = build_method(build_config(overrides={"width": 4, "backbone": "small-cnn"}), in_channels=1)  # 128 features
     d = digits
     out = geometry(model, d.test_x, d.test_y, d.mean, d.std, RECIPES["fashion-mnist"], pairs=200, keep_spectra=True)
     for space in ("rep", "proj"):

@@ -101,7 +101,12 @@ def test_per_method_and_per_optimiser_defaults():
     vicreg = build_config(overrides={"method": "vicreg"})
     assert (vicreg.optimizer, vicreg.lr, vicreg.lr_scaling, vicreg.weight_decay) == ("lars", 0.2, "linear", 1e-6)
     default = build_config()
-    assert (default.optimizer, default.lr, default.lr_scaling, default.weight_decay) == ("sgd", 0.2, "none", 5e-4)
+    assert (default.optimizer, default.lr, default.lr_scaling, default.weight_decay) == ("sgd", 0.4, "none", 5e-4)
+    # lr 0.4 is BYOL's and SimSiam's on the grid backbones only; elsewhere SGD's 0.2, as published before
+    assert build_config(overrides={"method": "simsiam"}).lr == 0.4
+    assert build_config(overrides={"backbone": "small-cnn"}).lr == 0.2
+    assert build_config(overrides={"method": "simclr"}).lr == 0.2
+    assert build_config(overrides={"backbone": "small-cnn", "lr": 0.4}).lr == 0.4  # given values always win
     adamw = build_config(overrides={"method": "moco-v3", "optimizer": "adamw", "weight_decay": 0.05})
     assert (adamw.lr, adamw.lr_scaling, adamw.weight_decay) == (1.5e-4, "linear", 0.05)
     assert Config(**Config(method="vicreg").to_dict()) == Config(method="vicreg")  # resolved values round-trip

@@ -32,3 +32,17 @@ def test_feature_bn_gives_standardised_features():
     assert f.shape == (64, 128) and (f < 0).any()
     assert torch.allclose(f.mean(0), torch.zeros(128), atol=1e-4)
     assert not any(p.requires_grad for p in net[-1].parameters())  # no scale or shift
+
+
+def test_grid_features_are_the_whole_last_map_standardised():
+    torch.manual_seed(0)
+    net = sg.build_backbone("small-cnn-grid", 1, width=4)  # 8w channels x the 4x4 map of a 28x28 image
+    assert net.feature_dim == 8 * 4 * 16
+    x = torch.rand(32, 1, 28, 28)
+    last_map = torch.nn.Sequential(*list(net)[:12])(x)  # the four conv-BN-ReLU blocks, before the pooling
+    assert last_map.shape == (32, 32, 4, 4)  # 28 -> 14 -> 14 -> 7 -> 4: nothing left to pool
+    f = net(x)
+    expected = torch.nn.functional.batch_norm(last_map.flatten(1), None, None, training=True, eps=net[-1].eps)
+    assert torch.allclose(f, expected, atol=1e-5)
+    full = sg.build_backbone("small-cnn-fullres-grid", 1, width=4)
+    assert full[0].stride == (1, 1) and full(x).shape == (32, full.feature_dim) == (32, 512)

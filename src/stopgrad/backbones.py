@@ -30,7 +30,9 @@ class SmallCNN(nn.Sequential):
 
     The first block has stride 2, so a 28x28 image reaches the last block at 4x4. Pooling to 2x2
     rather than 1x1 keeps the coarse layout (where the sleeves, the sole, the handle are) that
-    Fashion-MNIST classes differ by; see docs/recipes.md, "The default recipe, measured".
+    Fashion-MNIST classes differ by; ``small-cnn-grid`` (the default backbone) keeps the whole 4x4
+    map (``pool=4``) and standardises it (``feature_bn``), which kNN on 28x28 images rewards most
+    (docs/recipes.md, "The CPU recipe sweep").
 
     Args:
         in_channels: C of the input images.
@@ -141,6 +143,10 @@ SMALL_CNN_VARIANTS = {
     "small-cnn-fullres-p3": {"strides": (1, 2, 2, 2), "pool": 3},
     "small-cnn-fullres-p1": {"strides": (1, 2, 2, 2), "pool": 1},
     "small-cnn-fullres-bn": {"strides": (1, 2, 2, 2), "feature_bn": True},  # centred, standardised features
+    # the default: the last 4x4 map kept whole (no average pooling: the layout of the garment is in the
+    # features) and standardised, 8w * 16 = 2048 features at width 16
+    "small-cnn-grid": {"pool": 4, "feature_bn": True},
+    "small-cnn-fullres-grid": {"strides": (1, 2, 2, 2), "pool": 4, "feature_bn": True},
 }
 BACKBONES = BACKBONES + tuple(SMALL_CNN_VARIANTS)
 

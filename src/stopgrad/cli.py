@@ -506,7 +506,8 @@ DATASET_INFO = {
     "folder:PATH": "your images: PATH/train/<class>/* and PATH/val/<class>/* (or PATH/<class>/*, split 90/10)",
 }
 OPTIMIZER_INFO = {
-    "sgd": "SGD with momentum, weight decay on every parameter; lr 0.2 (the default, every method but vicreg)",
+    "sgd": ("SGD with momentum, weight decay on every parameter; lr 0.2 (the default of every method but vicreg; "
+            "0.4 for byol and simsiam on small-cnn-grid)"),
     "lars": "LARS (BYOL, Barlow Twins, VICReg), biases and norms excluded; base lr 0.2 x batch/256 (vicreg's default)",
     "adamw": "AdamW (MoCo v3's ViT recipe), no decay on biases and norms; base lr 1.5e-4 x batch/256",
 }

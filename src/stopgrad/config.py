@@ -75,17 +75,19 @@ class Config:
 
     ``Config(...)`` takes the fields as keywords and does not check them; :func:`build_config`
     (defaults, preset YAML, overrides) returns a validated one, and :meth:`validate` checks one.
-    ``None`` in ``optimizer``, ``lr``, ``lr_scaling`` and ``weight_decay`` becomes the method's
-    default, else the optimiser's (:func:`stopgrad.optim.resolve_defaults`). It holds no tensors:
-    shapes follow from ``views``, ``batch_size``, ``image_size``, ``width`` and ``heads``.
+    ``None`` in ``optimizer``, ``lr``, ``lr_scaling`` and ``weight_decay`` becomes the method's default
+    on its backbone, else the method's, else the optimiser's (:func:`stopgrad.optim.resolve_defaults`).
+    It holds no tensors: shapes follow from ``views``, ``batch_size``, ``image_size``, ``width`` and ``heads``.
 
     >>> cfg = sg.Config(method="vicreg", width=4)
     >>> cfg.optimizer, cfg.lr, cfg.lr_scaling, cfg.batch_size  # VICReg's paper recipe: LARS, lr 0.2 x batch / 256
     ('lars', 0.2, 'linear', 128)
-    >>> sg.Config().optimizer, sg.Config().lr, sg.Config().weight_decay  # the default run
-    ('sgd', 0.2, 0.0005)
+    >>> sg.Config().optimizer, sg.Config().lr, sg.Config().weight_decay  # the default run: BYOL on small-cnn-grid
+    ('sgd', 0.4, 0.0005)
+    >>> sg.Config(backbone="small-cnn").lr  # BYOL on the earlier default backbone
+    0.2
     >>> cfg.replace(epochs=1).epochs, cfg.epochs  # a changed copy
-    (1, 8)
+    (1, 14)
     >>> sg.Config(batch_size=1).validate()
     Traceback (most recent call last):
     ...
@@ -124,13 +126,13 @@ class Config:
     train_subset: int | None = None
     stream: bool | None = None  # image folders: read from disk per batch; None: when over 2 GiB decoded
     # model
-    backbone: str = "small-cnn"  # a name of `stopgrad list`, torchvision:NAME or timm:NAME
-    width: int = 16  # small-cnn only
+    backbone: str = "small-cnn-grid"  # a name of `stopgrad list`, torchvision:NAME or timm:NAME
+    width: int = 16  # the small CNNs only
     heads: str = "small"
     small_input: bool | None = None  # library models adapted to small images (docs/reference.md); None: side <= 64
     freeze_patch_embed: bool = False  # a ViT's random patch projection kept fixed (MoCo v3)
     # optimisation
-    epochs: int = 8
+    epochs: int = 14
     steps: int | None = None  # total training steps instead of whole epochs (the last epoch cut short)
     batch_size: int = 128
     optimizer: str | None = None  # sgd | lars | adamw; None: the method's (sgd, vicreg: lars)
@@ -150,7 +152,7 @@ class Config:
     compile: bool = False  # torch.compile the model
     workers: int | None = None  # decoding processes for streamed image folders; default min(8, CPUs)
     # evaluation during training
-    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    eval_every: int = 2  # epochs between evaluations (the last epoch is always evaluated)
     knn_k: int = 200  # kNN also reports k = 1, from the same neighbour search
     knn_temperature: float = 0.1
     eval_geometry: bool = True  # collapse std, effective rank, alignment/uniformity, TP/FN similarity on test images
@@ -175,7 +177,7 @@ class Config:
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         from .optim import resolve_defaults
-        resolved = resolve_defaults(self.method, self.optimizer, lr=self.lr, lr_scaling=self.lr_scaling,
+        resolved = resolve_defaults(self.method, self.optimizer, self.backbone, lr=self.lr, lr_scaling=self.lr_scaling,
                                     weight_decay=self.weight_decay)
         for key, value in resolved.items():
             object.__setattr__(self, key, value)

@@ -80,6 +80,7 @@ RECIPES.update({
     "fashion-mnist-blur": dataclasses.replace(_FMNIST, blur_p=0.5),
     "fashion-mnist-erase": dataclasses.replace(_FMNIST, erase_p=0.5),
     "fashion-mnist-crop08-erase": dataclasses.replace(_FMNIST, crop_scale=(0.08, 1.0), erase_p=0.5),
+    "fashion-mnist-nojitter": dataclasses.replace(_FMNIST, jitter_p=0.0),
 })
 
 

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 from . import Report, format_mean_std, format_paired, markdown_table
-from .gsg import device_note
+from .gsg import EARLIER_RECIPE, device_note
 from .shootout import METHOD_RECIPES
 from .shootout_recipes import DEFAULT_LR
 from .training import pixel_rows, run_configurations, values
@@ -29,13 +29,13 @@ DEFAULT_SEEDS = 3
 ALPHA = 256  # the paper's alpha for SiMo
 KS = (4, 16, 64, 256)
 
-# settings of every run; the rest is the default recipe (small CNN width 16, small heads, cosine lr).
+# settings of every run; the rest is the earlier default recipe (small-cnn width 16, small heads, cosine lr).
 # Batch 512 so that K = 256 in-batch negatives exist (SiMo caps K at B - 1).
 SETTINGS = {
     "smoke": dict(dataset="digits", methods=("simo",), ks=(4, 16), epochs=1, batch_size=64, lr=0.2, width=4,
-                  knn_k=20),
+                  knn_k=20, backbone=EARLIER_RECIPE["backbone"]),
     "cpu": dict(dataset="fashion-mnist", methods=("simo", "moco-v2"), ks=KS, epochs=2, batch_size=512, lr=0.4,
-                width=16, knn_k=200),
+                width=16, knn_k=200, backbone=EARLIER_RECIPE["backbone"]),
     "gpu": dict(dataset="cifar10", methods=("simo", "moco-v2"), ks=KS, epochs=200, batch_size=512, lr=0.06,
                 width=16, knn_k=200, backbone="resnet18-cifar", heads="cifar", augment="cifar"),
 }

@@ -3,7 +3,7 @@
 Budgets (fixed before any result was seen; each experiment states its epochs and evaluations):
 
 * ``smoke`` — scikit-learn digits, small CNN width 4, batch 64: a pipeline check, not a result.
-* ``cpu`` — Fashion-MNIST with the library's default recipe (small CNN width 16, small heads,
+* ``cpu`` — Fashion-MNIST with the library's earlier default recipe (``small-cnn`` width 16, small heads,
   batch 128, SGD lr 0.2 with cosine decay, weight decay 5e-4, target momentum 0.99, crops of
   25-100%) in the paper's *faithful* mode: four views per image, the partner role using fresh
   views as in the authors' code. Two single-threaded runs at a time on the 2-core machine.
@@ -17,10 +17,16 @@ from __future__ import annotations
 
 PAPER = "Lee & Lee, Implicit Contrastive Representation Learning with Guided Stop-gradient (NeurIPS 2023)"
 
+# The smoke and cpu budgets were fixed, and their results published, on the library's earlier default
+# recipe: the small CNN with 2x2 pooling (SGD lr 0.2 for BYOL and SimSiam on it), 8 epochs, kNN after
+# every epoch. They keep it, so that the published tables re-create; the default run has since moved to
+# small-cnn-grid (docs/recipes.md, "The CPU recipe sweep").
+EARLIER_RECIPE = {"backbone": "small-cnn", "epochs": 8, "eval_every": 1}
+
 # config overrides of every run of a budget (the rest: defaults, or the gpu preset)
 BASE = {
-    "smoke": dict(dataset="digits", width=4, batch_size=64, knn_k=20, views=4),
-    "cpu": dict(dataset="fashion-mnist", views=4),
+    "smoke": dict(dataset="digits", width=4, batch_size=64, knn_k=20, views=4, **EARLIER_RECIPE),
+    "cpu": dict(dataset="fashion-mnist", views=4, **EARLIER_RECIPE),
     "gpu-quick": dict(dataset="fashion-mnist", backbone="resnet18-cifar", heads="cifar", batch_size=512, lr=0.06,
                       lr_schedule="constant", views=4),
     "gpu": dict(),

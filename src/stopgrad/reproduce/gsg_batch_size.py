@@ -34,7 +34,7 @@ SYMMETRIC = (("simsiam", "symmetric"), ("byol", "symmetric"))  # at the smallest
 METHODS = CONTRASTIVE + GUIDED + SYMMETRIC
 BUDGETS = {
     "smoke": "digits, width-4 small CNN, batches 32 and 64, 1 epoch: a pipeline check, not a result",
-    "cpu": "Fashion-MNIST, the default recipe with two views for every method, batches 64 and 256 with "
+    "cpu": "Fashion-MNIST, the earlier default recipe (small-cnn) with two views for every method, batches 64 and 256 with "
            "lr 0.2 x B/128, 4 epochs; fast linear probe and kNN; ~1 h 15 min for 3 seeds on 2 idle cores",
     "gpu": "CIFAR-10, CIFAR ResNet-18, batches 256 / 512 / 1024 with lr 0.06 x B/512 (constant), 200 epochs, "
            "two views; the paper's linear protocol",

@@ -22,7 +22,7 @@ DEFAULT_SEEDS = 3
 EPOCHS = {"smoke": 1, "cpu": 4, "gpu": 100}
 BUDGETS = {
     "smoke": "digits, width-4 small CNN, E = 1: a pipeline check, not a result",
-    "cpu": "Fashion-MNIST, the default recipe, E = 4 (views 4 for 4 epochs, views 2 for 4 and for 8 epochs); "
+    "cpu": "Fashion-MNIST, the earlier default recipe (small-cnn), E = 4 (views 4 for 4 epochs, views 2 for 4 and for 8 epochs); "
            "kNN and fast linear probe; ~30 min for 3 seeds on 2 idle cores",
     "gpu": "CIFAR-10, the paper's recipe, E = 100 (views 4 for 100 epochs, views 2 for 100 and 200)",
 }

@@ -21,7 +21,7 @@ POLICIES = ("symmetric", "guided", "random", "reverse")
 EPOCHS = {"smoke": 2, "cpu": 5, "gpu": 200}
 BUDGETS = {
     "smoke": "digits, width-4 small CNN, 2 epochs, four views: a pipeline check, not a result",
-    "cpu": "Fashion-MNIST, the default recipe with four views, 5 epochs, kNN after every epoch; "
+    "cpu": "Fashion-MNIST, the earlier default recipe (small-cnn) with four views, 5 epochs, kNN after every epoch; "
            "~1 h for 3 seeds on 2 idle cores",
     "gpu": "CIFAR-10, the paper's recipe (CIFAR ResNet-18, batch 512, 200 epochs, lr 0.06, four views), "
            "kNN every 10 epochs",

@@ -25,7 +25,7 @@ DEFAULT_SEEDS = 3
 EPOCHS = {"smoke": 2, "cpu": 10, "gpu": 400}
 BUDGETS = {
     "smoke": "digits, width-4 small CNN, 2 epochs, four views: a pipeline check, not a result",
-    "cpu": "Fashion-MNIST, the default recipe with four views and no predictor, 10 epochs, kNN and geometry "
+    "cpu": "Fashion-MNIST, the earlier default recipe (small-cnn) with four views and no predictor, 10 epochs, kNN and geometry "
            "after every epoch; ~1 h for 3 seeds on 2 idle cores",
     "gpu": "CIFAR-10, the paper's recipe without predictor, 400 epochs (as the paper's Figure 5), kNN every 10 epochs",
 }

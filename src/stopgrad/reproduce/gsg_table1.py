@@ -25,7 +25,7 @@ EVAL_EVERY = {"smoke": 1, "cpu": 2, "gpu-quick": 1, "gpu": 10}
 SEEDS_BY_BUDGET = {"gpu-quick": 1}
 BUDGETS = {
     "smoke": "digits, width-4 small CNN, 2 epochs, four views: a pipeline check, not a result",
-    "cpu": "Fashion-MNIST, the default recipe (small CNN width 16, batch 128, lr 0.2 cosine) with four views, "
+    "cpu": "Fashion-MNIST, the earlier default recipe (small-cnn width 16, batch 128, lr 0.2 cosine) with four views, "
            "8 epochs; kNN k = 1 and 200, fast linear probe; ~45 min for 3 seeds on 2 idle cores",
     "gpu-quick": "Fashion-MNIST with the CIFAR ResNet-18 (batch 512, lr 0.06 constant, four views), 1 epoch, "
                  "one seed by default: the GPU path of this experiment in minutes, not a result",
