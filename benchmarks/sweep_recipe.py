@@ -1,12 +1,16 @@
 """A sweep over the CPU recipe: named stages of trials, each trial a set of overrides on the default config.
 
 Every trial runs in its own subprocess (so a crash or a code change between trials affects one trial),
-single-threaded, and appends one JSON line to OUT/<stage>.jsonl when it finishes: its overrides, epochs,
+single-threaded (the grid stages: two threads, the default run's setting), and appends one JSON line to OUT/<stage>.jsonl when it finishes: its overrides, epochs,
 training seconds, img/s, kNN top-1 (k = 200 and k = 1) at every evaluated epoch and the final collapse
 std. Trials already in the file are skipped, so an interrupted sweep continues where it stopped when it is
 run again. At the end (and with --table alone) it prints a markdown table of the stage sorted by kNN.
 
-Pin it to one core; the times in docs/recipes.md were measured this way:
+Pin the single-thread stages to one core; the times in docs/recipes.md were measured this way (the
+grid stages alone on the idle machine, without taskset):
+
+    .venv/bin/python benchmarks/sweep_recipe.py --stage grid --out results/recipe-sweep \\
+        --only grid earlier-default-14ep grid-lr0.2 grid-seed1 grid-lr0.2-seed1
 
     taskset -c 0 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python benchmarks/sweep_recipe.py \\
         --stage screen --out results/recipe-sweep
@@ -86,7 +90,8 @@ for trials in STAGES.values():
 # The grid stages: the whole last 4x4 map as the features (small-cnn-grid, the default backbone now),
 # against the earlier backbones, then one change at a time on the grid recipe (lr 0.4), at 14 epochs (cosine
 # over 14; kNN after epochs 7 and 14), two threads: the default run's setting. Each trial is 6-9 minutes of
-# training on the 2-core machine; the list is in the order it ran. Keys not set are the preset's.
+# training on the 2-core machine. docs/recipes.md gives the trials that were run (--only) and their table;
+# the rest of the list (one change at a time on the grid recipe) is there to be run. Keys not set are the preset's.
 GRID = {"backbone": "small-cnn-grid", "lr": 0.4}
 TWO_THREADS = {"epochs": 14, "eval_every": 7, "eval_geometry": False}
 STAGES["grid"] = [
