@@ -94,7 +94,7 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path, run_c
     from safetensors.torch import load_file
 
     from stopgrad.backbones import build_backbone
-    net = build_backbone("small-cnn", 1, 4)
+    net = build_backbone(record["config"]["backbone"], 1, 4)  # the default, small-cnn-grid
     net.load_state_dict(load_file(str(run / "backbone.safetensors")))
     # eval knn re-creates the final kNN of the run (k = 20 and k = 1 from one neighbour search)
     code, out, _ = run_cli("eval", "knn", "--run", str(run), "--k", "20", "1")
