@@ -6,7 +6,7 @@ import pytest
 import torch
 
 TINY = ("--dataset", "digits", "--width", "4", "--epochs", "2", "--batch-size", "64", "--train-subset", "512",
-        "--knn-k", "20", "--no-progress")
+        "--knn-k", "20", "--no-progress", "--eval-every", "1")  # every epoch evaluated (the default: every 2)
 
 
 @pytest.fixture(scope="module")

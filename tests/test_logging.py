@@ -8,7 +8,8 @@ from stopgrad.config import build_config
 from stopgrad.data import load_dataset
 from stopgrad.train import train
 
-TINY = {"dataset": "digits", "width": 4, "epochs": 2, "batch_size": 64, "train_subset": 512, "knn_k": 20}
+TINY = {"dataset": "digits", "width": 4, "epochs": 2, "batch_size": 64, "train_subset": 512, "knn_k": 20,
+        "eval_every": 1}
 
 
 @pytest.fixture(scope="module")

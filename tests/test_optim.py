@@ -80,7 +80,7 @@ def test_the_optimisers_and_their_parameter_groups():
                               torch.nn.Linear(4, 2))
     sgd = make_optimizer(net.parameters(), Config())  # the default run: one group, decay on every parameter
     assert type(sgd) is torch.optim.SGD and len(sgd.param_groups) == 1 and sgd.param_groups[0]["foreach"]
-    assert sgd.param_groups[0]["lr"] == 0.2 and sgd.param_groups[0]["weight_decay"] == 5e-4
+    assert sgd.param_groups[0]["lr"] == 0.4 and sgd.param_groups[0]["weight_decay"] == 5e-4  # BYOL on small-cnn-grid
     adamw = make_optimizer(net.parameters(), Config(optimizer="adamw", adamw_betas=(0.9, 0.95), batch_size=512))
     decay, rest = adamw.param_groups
     assert type(adamw) is torch.optim.AdamW and decay["betas"] == (0.9, 0.95) and decay["lr"] == 1.5e-4 * 2

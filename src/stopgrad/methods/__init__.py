@@ -103,8 +103,8 @@ def build_method(cfg: "Config", in_channels: int) -> nn.Module:
 
     >>> _ = torch.manual_seed(0)
     >>> model = sg.build_method(sg.build_config(overrides={"method": "byol", "width": 4}), in_channels=1)
-    >>> model.backbone.feature_dim
-    128
+    >>> model.backbone.feature_dim  # small-cnn-grid: 8w channels x the last 4x4 map
+    512
     >>> views = torch.randn(2, 8, 1, 28, 28)  # (V, B, C, H, W): two views of 8 images
     >>> loss, stats = model(views, sg.derangement(8))
     >>> loss.shape, sorted(stats)
