@@ -1,10 +1,10 @@
 """A sweep over the CPU recipe: named stages of trials, each trial a set of overrides on the default config.
 
 Every trial runs in its own subprocess (so a crash or a code change between trials affects one trial),
-single-threaded (the grid stages: two threads, the default run's setting), and appends one JSON line to OUT/<stage>.jsonl when it finishes: its overrides, epochs,
-training seconds, img/s, kNN top-1 (k = 200 and k = 1) at every evaluated epoch and the final collapse
-std. Trials already in the file are skipped, so an interrupted sweep continues where it stopped when it is
-run again. At the end (and with --table alone) it prints a markdown table of the stage sorted by kNN.
+single-threaded (the grid stages: two threads, the default run's setting), and appends one JSON line to
+OUT/<stage>.jsonl when it finishes: its overrides, epochs, training seconds, img/s, kNN top-1 (k = 200
+and k = 1) at every evaluated epoch and the final collapse std. Trials already in the file are skipped, so
+an interrupted sweep continues where it stopped when it is run again. At the end (and with --table alone) it prints a markdown table of the stage sorted by kNN.
 
 Pin the single-thread stages to one core; the times in docs/recipes.md were measured this way (the
 grid stages alone on the idle machine, without taskset):
