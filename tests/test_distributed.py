@@ -169,15 +169,34 @@ def torchrun(*argv, **kw):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+# A worker of a gloo process group sometimes aborts inside torch ("terminate called without an active
+# exception", SIGABRT; torch's gloo transport, pytorch/pytorch#188266): about once in five launches on
+# the 2-core machine, in torch's code, not stopgrad's.
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def torchrun_to_the_end(*argv, fresh: Path | None = None) -> tuple[int, str, str]:
+    """Run torchrun with ``argv`` to its end: (returncode, stdout, stderr). Launched once more when a
+    worker aborted inside gloo; ``fresh`` (the directory of a new run) is removed before that."""
+    import shutil
+    for attempt in (1, 2):
+        proc = torchrun(*argv)
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode == 0 or GLOO_ABORT not in err or attempt == 2:
+            return proc.returncode, out, err
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+
+
 @pytest.mark.slow
 def test_torchrun_trains_stops_on_sigterm_and_resumes_exactly(tmp_path):
     """Two gloo processes: only the main one writes; SIGTERM mid-run checkpoints; --resume ends with the
     metrics of the uninterrupted run."""
     import json
     import signal
-    whole = torchrun("train", *TINY, "--epochs", "3", "--out", str(tmp_path / "whole"))
-    out, err = whole.communicate(timeout=300)
-    assert whole.returncode == 0, err
+    code, out, err = torchrun_to_the_end("train", *TINY, "--epochs", "3", "--out", str(tmp_path / "whole"),
+                                         fresh=tmp_path / "whole")
+    assert code == 0, err
     assert out.count("kNN top-1:") == 1  # the main process reports, once
     record = (tmp_path / "whole" / "config.yaml").read_text()
     assert "processes: 2" in record
@@ -190,9 +209,8 @@ def test_torchrun_trains_stops_on_sigterm_and_resumes_exactly(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "--resume" in err, err
-    resumed = torchrun("train", "--resume", str(run), "--no-progress")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    code, _, err = torchrun_to_the_end("train", "--resume", str(run), "--no-progress")  # resumes again if aborted
+    assert code == 0, err
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     keys = ("epoch", "step", "loss", "knn_top1", "collapse_std")
@@ -232,9 +250,8 @@ def test_torchrun_restart_after_a_killed_worker_continues_the_run_exactly(tmp_pa
 
     from safetensors.torch import load_file
     args = ["train", *TINY, "--epochs", "6", "--eval-every", "3", "--checkpoint-every", "3", "--auto-resume"]
-    whole = torchrun(*args, "--out", str(tmp_path / "whole"))
-    _, err = whole.communicate(timeout=300)
-    assert whole.returncode == 0, err
+    code, _, err = torchrun_to_the_end(*args, "--out", str(tmp_path / "whole"), fresh=tmp_path / "whole")
+    assert code == 0, err
 
     run = tmp_path / "restarted"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
