@@ -1,7 +1,8 @@
 """Symmetric vs guided stop-gradient (SimSiam and BYOL), and 2 vs 4 views, on Fashion-MNIST.
 
-Every run uses the default recipe on the earlier default backbone ``small-cnn`` (its lr 0.2; the published
-table's; ``--backbone small-cnn-grid`` for today's) and differs only in the named settings; kNN top-1 is measured
+Every run uses the default recipe on the earlier default backbone ``small-cnn`` (lr 0.2 on it: the
+published table's recipe; ``--backbone small-cnn-grid`` for today's) and differs only in the named
+settings; kNN top-1 is measured
 at random initialisation and after the last epoch; "train s" excludes evaluation. The 4-view run
 gets half the epochs of its 2-view twin, so both encode the same number of views (equal compute).
 
@@ -42,7 +43,8 @@ def main() -> None:
     lines = [header]
     with tempfile.TemporaryDirectory() as tmp:
         for i, overrides in enumerate(runs(args.epochs)):
-            cfg = build_config(overrides={**overrides, "backbone": args.backbone, "seed": args.seed, "eval_every": overrides["epochs"]})
+            cfg = build_config(overrides={**overrides, "backbone": args.backbone, "seed": args.seed,
+                                          "eval_every": overrides["epochs"]})
             t0 = time.perf_counter()
             r = train(cfg, Path(tmp) / str(i), quiet=True, progress=False, data=data)
             gain = (r["knn_top1"] - r["knn_top1_init"]) * 100 / (r["seconds"] / 60)

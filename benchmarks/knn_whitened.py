@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from stopgrad import runs
+from stopgrad.backbones import backbone_for
 from stopgrad.data import load_dataset
+from stopgrad.evaluate.baselines import pixels
 from stopgrad.evaluate.features import embed
 from stopgrad.evaluate.knn import knn_scores
 from stopgrad.evaluate.saved import load_run
@@ -30,11 +32,10 @@ from stopgrad.evaluate.saved import load_run
 EPS = (1e-2, 1e-3)
 
 
-def whitener(bank: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, W): PCA whitening of ``bank``'s rows, x -> (x - mean) @ W, eigenvalues floored at eps x the largest."""
-    mean = bank.mean(0)
-    values, vectors = torch.linalg.eigh(torch.cov((bank - mean).T.double()))
-    return mean, (vectors / (values + eps * values.max()).sqrt()).float()
+def whitening(values: torch.Tensor, vectors: torch.Tensor, eps: float) -> torch.Tensor:
+    """W of PCA whitening, x -> (x - mean) @ W, from the bank covariance's eigenvalues and eigenvectors;
+    the eigenvalues floored at eps x the largest."""
+    return (vectors / (values + eps * values.max()).sqrt()).float()
 
 
 def scores(bank, bank_y, queries, query_y, ks=(200, 1)) -> dict:
@@ -48,9 +49,10 @@ def rows(name: str, bank, queries, data) -> list[str]:
     for label, b, q in (("as they are", bank, queries), ("mean-centred", bank - mean, queries - mean)):
         s = scores(b, data.train_y, q, data.test_y)
         out.append(f"| {name} | {label} | {s[200]['top1']:.4f} | {s[1]['top1']:.4f} |")
+    values, vectors = torch.linalg.eigh(torch.cov((bank - mean).T.double()))  # once for every eps
     for eps in EPS:
-        mu, w = whitener(bank, eps)
-        s = scores((bank - mu) @ w, data.train_y, (queries - mu) @ w, data.test_y)
+        w = whitening(values, vectors, eps)
+        s = scores((bank - mean) @ w, data.train_y, (queries - mean) @ w, data.test_y)
         out.append(f"| {name} | PCA-whitened, eps {eps:g} | {s[200]['top1']:.4f} | {s[1]['top1']:.4f} |")
     return out
 
@@ -64,14 +66,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     data = load_dataset("fashion-mnist")
     print("| features | treatment | kNN k = 200 | kNN k = 1 |\n|---|---|---|---|")
-    pixels = lambda x: x.flatten(1).float() / 255  # noqa: E731
     for line in rows("pixels", pixels(data.train_x), pixels(data.test_x), data):
         print(line, flush=True)
     for run_dir in args.runs:
         run = load_run(run_dir, device="cpu")
         cfg = runs.read_config(run_dir)
         torch.manual_seed(cfg.seed)  # the run's initial weights: the same seed builds the same network
-        from stopgrad.backbones import backbone_for
         init = backbone_for(cfg, data.channels)
         for name, net in ((f"{run_dir.name}, random init", init), (run_dir.name, run.backbone)):
             bank = embed(net, data.train_x, data.mean, data.std, normalize=False)

@@ -93,10 +93,9 @@ for trials in STAGES.values():
 # training on the 2-core machine. docs/recipes.md gives the trials that were run (--only) and their table;
 # the rest of the list (one change at a time on the grid recipe) is there to be run. Keys not set are the preset's.
 GRID = {"backbone": "small-cnn-grid", "lr": 0.4}
-TWO_THREADS = {"epochs": 14, "eval_every": 7, "eval_geometry": False}
-STAGES["grid"] = [
+STAGES["grid"] = [(name, long_trial(overrides, 14, 7)) for name, overrides in [
     ("grid", GRID),
-    ("earlier-default-14ep", {"backbone": "small-cnn", "lr": 0.2}),
+    ("earlier-default-14ep", EARLIER_DEFAULT),
     ("grid-lr0.2", {**GRID, "lr": 0.2}),
     ("grid-seed1", {**GRID, "seed": 1}),
     ("grid-lr0.2-seed1", {**GRID, "lr": 0.2, "seed": 1}),
@@ -113,10 +112,7 @@ STAGES["grid"] = [
     ("grid-heads-wide", {**GRID, "heads": "small-wide"}),
     ("grid-ema-cosine", {**GRID, "ema_schedule": "cosine"}),
     ("grid-symmetric", {**GRID, "stopgrad": "symmetric"}),
-]
-for _, overrides in STAGES["grid"]:
-    for key, value in TWO_THREADS.items():
-        overrides.setdefault(key, value)
+]]
 # the frontier: the grid recipe at other lengths, each with its own cosine schedule
 STAGES["grid-long"] = [
     ("grid-4ep", long_trial(GRID, 4, 2)),

@@ -1,6 +1,7 @@
 """Several processes on CPU (gloo): the differentiable gather, SyncBatchNorm, and one training step
 split over 2 processes = the same step of one process on the whole batch."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -178,7 +179,6 @@ GLOO_ABORT = "terminate called without an active exception"
 def torchrun_to_the_end(*argv, fresh: Path | None = None) -> tuple[int, str, str]:
     """Run torchrun with ``argv`` to its end: (returncode, stdout, stderr). Launched once more when a
     worker aborted inside gloo; ``fresh`` (the directory of a new run) is removed before that."""
-    import shutil
     for attempt in (1, 2):
         proc = torchrun(*argv)
         out, err = proc.communicate(timeout=300)
